@@ -1,0 +1,45 @@
+"""Typed errors: every message says what went wrong and what to do about it."""
+
+
+class LifelongError(Exception):
+    """Base class for errors a user can act on."""
+
+
+class InvalidImageError(LifelongError):
+    """A file is not a usable image (not an image, corrupt, unsupported)."""
+
+
+class ImageCountError(LifelongError):
+    """Too few or too many images for one concept."""
+
+
+class InvalidConceptNameError(LifelongError):
+    """A concept name is empty, unsafe or not allowed."""
+
+
+class DuplicateConceptError(LifelongError):
+    """A concept with this name is already in the session."""
+
+
+class SessionFormatError(LifelongError):
+    """A file or folder is not a Lifelong Studio session (or is damaged)."""
+
+
+class CheckpointError(LifelongError):
+    """A checkpoint index does not exist in the session."""
+
+
+class InvalidPromptError(LifelongError):
+    """A prompt is empty or names a concept the session does not know."""
+
+
+class UnknownMethodError(LifelongError):
+    """A method name or one of its settings is not known."""
+
+
+class SessionFullError(LifelongError):
+    """The session has no free concept slot left."""
+
+
+class Cancelled(LifelongError):
+    """Learning was cancelled; the session is as it was before."""
