@@ -1,0 +1,265 @@
+"""What a concept changes in the frozen base, and how to train, store, compose and apply it.
+
+Trainable set (all methods): the UNet cross-attention K and V projections (Custom Diffusion), either as full
+fp32 increments ("kv", a torch parametrization W + ΔW) or as a peft LoRA on the same modules ("lora"), plus
+the concept's token embedding (a forward hook on the text encoder's embedding table).
+
+A concept's :class:`ConceptDelta` is what *it* changed. A model state is a weighted sum of deltas over the
+frozen base, written into the base weights in place for the duration of :func:`use_state`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from torch import nn
+from torch.nn.utils import parametrize
+
+from lifelong.base import BaseModel
+
+KINDS = ("kv", "lora")
+_ADAPTER = "lifelong"
+
+
+def target_module_names(unet: nn.Module) -> list[str]:
+    """Names of the cross-attention K and V projections: the weights every method trains."""
+    return [
+        name
+        for name, module in unet.named_modules()
+        if isinstance(module, nn.Linear) and (name.endswith("attn2.to_k") or name.endswith("attn2.to_v"))
+    ]
+
+
+@dataclass
+class ConceptDelta:
+    """What learning one concept changed: weight increments on the targets and its token's embedding.
+
+    ``tensors`` holds, per target module, ``"<module>"`` (dense ΔW, kind "kv") or ``"<module>.lora_A"`` and
+    ``"<module>.lora_B"`` (kind "lora", ΔW = B @ A · lora_scale).
+    """
+
+    kind: str
+    tensors: dict[str, torch.Tensor]
+    embedding: torch.Tensor
+    lora_scale: float = 1.0
+
+    def modules(self) -> list[str]:
+        if self.kind == "kv":
+            return list(self.tensors)
+        return [key.removesuffix(".lora_A") for key in self.tensors if key.endswith(".lora_A")]
+
+    def dense(self, module: str) -> torch.Tensor:
+        if self.kind == "kv":
+            return self.tensors[module]
+        a, b = self.tensors[f"{module}.lora_A"], self.tensors[f"{module}.lora_B"]
+        return (b.float() @ a.float()) * self.lora_scale
+
+    def num_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in [*self.tensors.values(), self.embedding])
+
+
+@dataclass
+class ModelState:
+    """Weights to add to the base (dense ΔW per module) and embeddings for slot token ids."""
+
+    weight_deltas: dict[str, torch.Tensor] = field(default_factory=dict)
+    embeddings: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def compose(deltas: Sequence[ConceptDelta], token_ids: Sequence[int], weights: Sequence[float] | None = None) -> ModelState:
+    """Sum concept deltas (optionally weighted) into one state; every concept's token keeps its embedding."""
+    weights = list(weights) if weights is not None else [1.0] * len(deltas)
+    state = ModelState()
+    for delta, token_id, weight in zip(deltas, token_ids, weights, strict=True):
+        state.embeddings[token_id] = delta.embedding
+        if weight == 0.0:
+            continue
+        for module in delta.modules():
+            increment = delta.dense(module).float() * weight
+            previous = state.weight_deltas.get(module)
+            state.weight_deltas[module] = increment if previous is None else previous + increment
+    return state
+
+
+def _base_weights(base: BaseModel) -> dict[str, torch.Tensor]:
+    """Pristine copies of the target weights, taken once, so a state can always be taken out exactly."""
+    cache = base.__dict__.setdefault("_pristine_targets", {})
+    if not cache:
+        unet = base.pipe.unet
+        for name in target_module_names(unet):
+            cache[name] = unet.get_submodule(name).weight.detach().clone()
+    return cache
+
+
+@contextmanager
+def use_state(base: BaseModel, state: ModelState) -> Iterator[None]:
+    """Write ``state`` into the shared base for the block (holding the base's lock), then restore it."""
+    with base.lock:
+        pristine = _base_weights(base)
+        unet = base.pipe.unet
+        table = base.pipe.text_encoder.get_input_embeddings().weight
+        unknown = set(state.weight_deltas) - set(pristine)
+        if unknown:
+            raise ValueError(f"state names modules this base does not have: {sorted(unknown)[:3]}")
+        try:
+            with torch.no_grad():
+                for name, delta in state.weight_deltas.items():
+                    weight = unet.get_submodule(name).weight
+                    weight.copy_((pristine[name].float() + delta.to(weight.device)).to(weight.dtype))
+                for token_id, vector in state.embeddings.items():
+                    table[token_id] = vector.to(table.device, table.dtype)
+            yield
+        finally:
+            with torch.no_grad():
+                for name in state.weight_deltas:
+                    unet.get_submodule(name).weight.copy_(pristine[name])
+
+
+class _AddDelta(nn.Module):
+    """Parametrization W -> W + ΔW with ΔW an fp32 master copy, whatever the base's dtype."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        super().__init__()
+        self.delta = nn.Parameter(torch.zeros(like.shape, dtype=torch.float32, device=like.device))
+        self.enabled = True
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.delta.to(weight.dtype) if self.enabled else weight
+
+
+@dataclass
+class TrainableSet:
+    """The parameters one concept trains, live on the base while learning.
+
+    ``disabled()`` turns the new weights and the new token off: the model is then exactly the state it was
+    trained on top of, which is what distillation teachers need, without a second copy of the model.
+    """
+
+    base: BaseModel
+    kind: str
+    modules: list[str]
+    token_id: int
+    embedding: nn.Parameter
+    lora_scale: float = 1.0
+    _enabled: bool = True
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        unet = self.base.pipe.unet
+        if self.kind == "kv":
+            return [unet.get_submodule(name).parametrizations.weight[0].delta for name in self.modules]
+        return [p for n, p in unet.named_parameters() if f".{_ADAPTER}." in n and "lora_" in n]
+
+    def lora_factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per module, the live (A, B) LoRA factors (kind "lora" only)."""
+        unet = self.base.pipe.unet
+        factors = {}
+        for name in self.modules:
+            layer = unet.get_submodule(name)
+            factors[name] = (layer.lora_A[_ADAPTER].weight, layer.lora_B[_ADAPTER].weight)
+        return factors
+
+    def live_dense(self, module: str) -> torch.Tensor:
+        """The current ΔW of one module, differentiable."""
+        unet = self.base.pipe.unet
+        if self.kind == "kv":
+            return unet.get_submodule(module).parametrizations.weight[0].delta
+        a, b = self.lora_factors()[module]
+        return (b @ a) * self.lora_scale
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        unet = self.base.pipe.unet
+        self._set_enabled(unet, False)
+        try:
+            yield
+        finally:
+            self._set_enabled(unet, True)
+
+    def _set_enabled(self, unet: nn.Module, on: bool) -> None:
+        self._enabled = on
+        if self.kind == "kv":
+            for name in self.modules:
+                unet.get_submodule(name).parametrizations.weight[0].enabled = on
+        elif on:
+            unet.enable_adapters()
+        else:
+            unet.disable_adapters()
+
+    def extract(self) -> ConceptDelta:
+        """Detach the learned increments to CPU float32 tensors."""
+        unet = self.base.pipe.unet
+        if self.kind == "kv":
+            tensors = {name: self.live_dense(name).detach().float().cpu().clone() for name in self.modules}
+        else:
+            state = get_peft_model_state_dict(unet, adapter_name=_ADAPTER)
+            tensors = {
+                key.replace(".weight", "").replace(f".{_ADAPTER}", ""): value.detach().float().cpu().clone()
+                for key, value in state.items()
+            }
+        return ConceptDelta(self.kind, tensors, self.embedding.detach().float().cpu().clone(), self.lora_scale)
+
+
+@contextmanager
+def trainable(base: BaseModel, kind: str, token_id: int, init_embedding: torch.Tensor, lora_rank: int = 4) -> Iterator[TrainableSet]:
+    """Attach a fresh trainable set to the base for the block and take it off afterwards, always."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown trainable kind {kind!r}; choose one of {KINDS}")
+    unet = base.pipe.unet
+    modules = target_module_names(unet)
+    embedding = nn.Parameter(init_embedding.detach().float().to(base.device).clone())
+    lora_scale = 1.0
+    if kind == "kv":
+        for name in modules:
+            linear = unet.get_submodule(name)
+            parametrize.register_parametrization(linear, "weight", _AddDelta(linear.weight))
+    else:
+        unet.add_adapter(
+            LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian", target_modules=modules),
+            adapter_name=_ADAPTER,
+        )
+        for name, param in unet.named_parameters():
+            if f".{_ADAPTER}." in name:
+                param.data = param.data.float()
+                param.requires_grad_(True)
+    encoder_embeddings = base.pipe.text_encoder.get_input_embeddings()
+    trainset = TrainableSet(base, kind, modules, token_id, embedding, lora_scale)
+
+    def inject_token(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        if not trainset._enabled:
+            return output
+        mask = (inputs[0] == token_id).unsqueeze(-1)
+        return torch.where(mask, embedding.to(output.dtype), output)
+
+    hook = encoder_embeddings.register_forward_hook(inject_token)
+    try:
+        yield trainset
+    finally:
+        hook.remove()
+        if kind == "kv":
+            for name in modules:
+                parametrize.remove_parametrizations(unet.get_submodule(name), "weight", leave_parametrized=False)
+        else:
+            unet.unload_lora()
+
+
+def token_embedding(base: BaseModel, words: str) -> torch.Tensor:
+    """Mean input embedding of the tokens of ``words`` (the class word a new token starts from)."""
+    tokenizer = base.pipe.tokenizer
+    table = base.pipe.text_encoder.get_input_embeddings().weight
+    ids = [i for i in tokenizer(words, add_special_tokens=False).input_ids if i != tokenizer.unk_token_id]
+    if not ids:
+        ids = [i for i in tokenizer("object", add_special_tokens=False).input_ids if i != tokenizer.unk_token_id]
+    if not ids:
+        return table[: min(len(tokenizer), table.shape[0])].float().mean(0).detach().cpu()
+    return table[ids].float().mean(0).detach().cpu()
+
+
+def weight_snapshot(base: BaseModel, names: Mapping[str, object] | None = None) -> dict[str, torch.Tensor]:
+    """Copies of the current target weights (tests use it to prove a state was taken out exactly)."""
+    unet = base.pipe.unet
+    return {name: unet.get_submodule(name).weight.detach().clone() for name in (names or target_module_names(unet))}

@@ -1,0 +1,130 @@
+"""Load a Stable-Diffusion-1.x base pipeline once, freeze it, and give it concept slots.
+
+Any SD-1.x-architecture diffusers pipeline works: a hub id, a local folder, or the bundled model under
+``assets/base-model`` (the default when nothing else is configured). Nothing here knows which one it is.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, PartialState
+from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_MODEL = REPO_ROOT / "assets" / "base-model"
+BUNDLED_EVAL_CLIP = REPO_ROOT / "assets" / "eval-clip"
+BASE_MODEL_ENV = "LIFELONG_BASE_MODEL"
+
+
+def default_model() -> str:
+    """The base model to use when none is given: $LIFELONG_BASE_MODEL, else the bundled one."""
+    return os.environ.get(BASE_MODEL_ENV) or str(BUNDLED_MODEL)
+
+
+def slot_token(slot: int) -> str:
+    """The tokenizer token that carries concept slot ``slot``; users never type it."""
+    return f"<|slot{slot}|>"
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    model: str = ""  # hub id or local folder; "" means default_model()
+    device: str = ""  # "" picks the accelerator accelerate finds, else the CPU
+    dtype: str = "auto"  # "auto": float16 on CUDA, float32 elsewhere; or float32/float16/bfloat16
+    concept_slots: int = 32  # how many concepts one session can hold
+
+
+@dataclass
+class BaseModel:
+    """A frozen pipeline plus what training and concept slots need.
+
+    The pipeline's weights are shared by every session in the process; a session's state is written into
+    them for the duration of ``lock`` (see ``adapters.use_state``) and taken out again afterwards.
+    """
+
+    pipe: StableDiffusionPipeline
+    config: BaseConfig
+    train_scheduler: DDPMScheduler
+    slot_token_ids: list[int]
+    lock: threading.RLock
+    accelerator: Accelerator  # mixed precision for training: bf16 autocast on GPUs that have it
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipe.unet.dtype
+
+    @property
+    def resolution(self) -> int:
+        return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+
+    @property
+    def name(self) -> str:
+        return self.config.model
+
+    def sampling_scheduler(self) -> DDIMScheduler:
+        """A fresh sampler (schedulers keep per-run state, so never share one between calls)."""
+        return DDIMScheduler.from_config(
+            self.pipe.scheduler.config, steps_offset=1, clip_sample=False, set_alpha_to_one=False
+        )
+
+
+def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_base(config: BaseConfig | None = None) -> BaseModel:
+    """Load a pipeline from a hub id or folder (``from_pretrained``), move it to the device and freeze it."""
+    config = config or BaseConfig()
+    model = config.model or default_model()
+    device = torch.device(config.device) if config.device else PartialState().device
+    dtype = _resolve_dtype(config.dtype, device)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+    )
+    return prepare_base(pipe, BaseConfig(model, str(device), config.dtype, config.concept_slots), device)
+
+
+def prepare_base(pipe: StableDiffusionPipeline, config: BaseConfig, device: torch.device | None = None) -> BaseModel:
+    """Freeze a pipeline in place and add the concept slot tokens; the pipeline becomes the base."""
+    if device is not None:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+    tokens = [slot_token(i) for i in range(config.concept_slots)]
+    pipe.tokenizer.add_tokens(tokens, special_tokens=True)
+    ids = pipe.tokenizer.convert_tokens_to_ids(tokens)
+    embeddings = pipe.text_encoder.get_input_embeddings()
+    if max(ids) >= embeddings.num_embeddings:
+        pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+        pipe.text_encoder.requires_grad_(False)
+    train_scheduler = DDPMScheduler.from_config(pipe.scheduler.config, steps_offset=1, clip_sample=False)
+    device = pipe.unet.device
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if bf16 else "no")
+    return BaseModel(pipe, config, train_scheduler, list(ids), threading.RLock(), accelerator)
+
+
+_loaded: dict[BaseConfig, BaseModel] = {}
+_load_lock = threading.Lock()
+
+
+def get_base(config: BaseConfig | None = None) -> BaseModel:
+    """The process-wide base model for ``config``, loaded on first use (the one global we keep)."""
+    config = config or BaseConfig()
+    with _load_lock:
+        if config not in _loaded:
+            _loaded[config] = load_base(config)
+        return _loaded[config]

@@ -1,0 +1,98 @@
+"""Text-to-image with a session at any checkpoint: the sampling loop, in small steps.
+
+We own the loop (rather than calling the pipeline) because methods change where it starts (in-context
+generation starts from a stored latent) and what happens inside it (attention guidance moves the latents).
+Same seed, same prompt, same checkpoint → the same image, on any run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from lifelong.adapters import use_state
+from lifelong.base import BaseModel
+from lifelong.concepts import Session
+from lifelong.errors import InvalidPromptError
+from lifelong.encoding import decode, encode_text
+from lifelong.progress import Progress, ProgressFn
+
+MAX_IMAGES = 16
+
+
+@dataclass
+class GenerateConfig:
+    """How to sample. The UI's generation settings are generated from these fields."""
+
+    steps: int = 25
+    guidance_scale: float = 5.0
+    negative_prompt: str = ""
+    num_images: int = 1
+    seed: int = 0  # image i uses seed + i
+
+
+def _check(prompt: str, config: GenerateConfig) -> None:
+    if not prompt or not prompt.strip():
+        raise InvalidPromptError("Write a prompt, e.g. 'a <rex> on a blue background'.")
+    if not 1 <= config.num_images <= MAX_IMAGES:
+        raise InvalidPromptError(f"Ask for 1 to {MAX_IMAGES} images at a time.")
+    if not 1 <= config.steps <= 200:
+        raise InvalidPromptError("Use between 1 and 200 sampling steps.")
+
+
+def initial_noise(base: BaseModel, seeds: list[int]) -> torch.Tensor:
+    """One latent of Gaussian noise per seed, drawn on the CPU so every device gets the same numbers."""
+    unet = base.pipe.unet
+    size = int(unet.config.sample_size)
+    shape = (int(unet.config.in_channels), size, size)
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(seed)) for seed in seeds]
+    return torch.stack(noise).to(base.device)
+
+
+@torch.no_grad()
+def denoise(
+    base: BaseModel,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    config: GenerateConfig,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """DDIM with classifier-free guidance from pure noise (``latents``) to clean latents."""
+    unet = base.pipe.unet
+    scheduler = base.sampling_scheduler()
+    scheduler.set_timesteps(config.steps, device=base.device)
+    latents = latents * scheduler.init_noise_sigma
+    batch = len(latents)
+    embeddings = torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)])
+    for index, t in enumerate(scheduler.timesteps):
+        model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t).to(unet.dtype)
+        eps_uncond, eps_cond = unet(model_input, t, embeddings).sample.float().chunk(2)
+        eps = eps_uncond + config.guidance_scale * (eps_cond - eps_uncond)
+        latents = scheduler.step(eps, t, latents).prev_sample
+        if progress is not None:
+            progress(Progress(index + 1, len(scheduler.timesteps), message="generating"))
+    return latents
+
+
+def generate(
+    base: BaseModel,
+    session: Session,
+    prompt: str,
+    config: GenerateConfig | None = None,
+    checkpoint: int | None = None,
+    progress: ProgressFn | None = None,
+) -> list[Image.Image]:
+    """Images for ``prompt`` (which may name concepts as ``<name>``) at ``checkpoint`` (None = latest)."""
+    config = config or GenerateConfig()
+    _check(prompt, config)
+    k = session.resolve(checkpoint)
+    text = session.rewrite_prompt(prompt, k)
+    negative = session.rewrite_prompt(config.negative_prompt, k)
+    seeds = [config.seed + i for i in range(config.num_images)]
+    with use_state(base, session.state(k, base.slot_token_ids)), torch.no_grad():
+        cond, uncond = encode_text(base, [text]), encode_text(base, [negative])
+        latents = denoise(base, initial_noise(base, seeds), cond, uncond, config, progress)
+        return decode(base, latents)

@@ -1,0 +1,249 @@
+"""The bundled world: 64×64 emoji scenes with template captions, generated deterministically.
+
+Why emoji: they are freely licensed (Noto Color Emoji: SIL OFL 1.1 font, Apache-2.0 artwork), come with
+names (Unicode character names, e.g. "cat face"), and are simple enough that models trained on a 2-core CPU
+in an hour learn them. Each scene is a coloured background with one or two emoji placed at a named position
+and size; its caption says so in words. A fixed held-out list of emoji never appears in base training: they
+are the "new concepts" users and the benchmark teach the model.
+
+`python -m lifelong.world.data --out runs/world/data --n 30000` renders a training cache (needs the font).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import unicodedata
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+FONT_PATH = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+_FONT_SIZE = 109  # the only size the bitmap font loads at (see NOTES.md)
+_GLYPH = 136  # rendered glyph box is 136×128; we pad it to a square
+
+
+@dataclass(frozen=True)
+class Emoji:
+    """One emoji: its character, its Unicode name in lower case, and the class word it belongs to."""
+
+    char: str
+    category: str
+
+    @property
+    def name(self) -> str:
+        return unicodedata.name(self.char).lower()
+
+    @property
+    def slug(self) -> str:
+        """Concept-safe folder name: lowercase [a-z0-9_-]."""
+        return self.name.replace(" ", "_").replace("-", "_")
+
+
+def _emoji(category: str, chars: str) -> tuple[Emoji, ...]:
+    return tuple(Emoji(c, category) for c in chars)
+
+
+# Chosen to be recognisable and visually distinct at 64×64; names never contain a colour word, so a
+# caption's only colour is the background's.
+HELD_IN: tuple[Emoji, ...] = (
+    _emoji("animal", "🐶🐱🐰🐻🐼🐯🦁🐮🐷🐸🐔🐧🐦🦆🦉🐴🦄🐝🦋🐌🐢🐍🐬🐳🐟🦀🐘🦒🦊")
+    + _emoji("food", "🍌🍇🍉🍓🍒🍍🍅🥕🍄🍞🍔🍕🌭🍩🍪🎂🍦🍭")
+    + _emoji("vehicle", "🚗🚌🚒🚜🚲🚂✈🚁⛵🚢")
+    + _emoji("object", "⚽🏀🎈🎁🔑🔔💡📷⏰🎸🏠🌂📚🔨⚓🌙🌈🔥")
+    + _emoji("plant", "🌵🌻🌲🌴🍀🌹🌷🍁")
+)
+
+# Never rendered into base training data: the new concepts of tests, the app's examples and the benchmark.
+HELD_OUT: tuple[Emoji, ...] = (
+    _emoji("animal", "🐙🦔🦥🦩🐿🦜🦚🦙🦘🦦")
+    + _emoji("food", "🥑🥐🥨🧁🍆🌮🍣")
+    + _emoji("vehicle", "🚀🛸🛴")
+    + _emoji("object", "🏆🎻⌛🧸🪁🔭")
+)
+
+CATEGORIES: tuple[str, ...] = ("animal", "food", "vehicle", "object", "plant")
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "orange": (245, 140, 30),
+    "yellow": (245, 225, 50),
+    "green": (50, 170, 60),
+    "blue": (40, 90, 220),
+    "purple": (130, 60, 190),
+    "pink": (245, 150, 200),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "gray": (128, 128, 128),
+}
+
+# Object centre as a fraction of the image side, and how captions say it.
+POSITIONS: dict[str, tuple[float, float, str]] = {
+    "left": (0.3, 0.5, "on the left"),
+    "right": (0.7, 0.5, "on the right"),
+    "top": (0.5, 0.3, "at the top"),
+    "bottom": (0.5, 0.7, "at the bottom"),
+    "centre": (0.5, 0.5, "in the centre"),
+}
+
+# Object side as a fraction of the image side; medium is the unmarked size.
+SIZES: dict[str, float] = {"small": 0.42, "medium": 0.58, "big": 0.78}
+
+_SINGLE_TEMPLATES = (
+    "{a_name} on {a_color} background",
+    "{a_name} on {a_color} background",
+    "{a_name} on {a_color} background",
+    "{a_name} {where} on {a_color} background",
+    "{a_size_name} {where} on {a_color} background",
+    "{a_size_name} on {a_color} background",
+    "{a_name}",
+    "{name}, {color} background",
+    "{a_category} on {a_color} background",
+)
+_PAIR_TEMPLATES = (
+    "{a_name} {where} and {a_name2} {where2} on {a_color} background",
+    "{a_name} and {a_name2} on {a_color} background",
+)
+
+
+def with_article(phrase: str) -> str:
+    """'a' or 'an' before a phrase, by its first letter."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+@dataclass(frozen=True)
+class Placed:
+    """An emoji placed in a scene."""
+
+    emoji: Emoji
+    position: str
+    size: str
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A background colour, one or two placed emoji, and the caption that describes them."""
+
+    color: str
+    objects: tuple[Placed, ...]
+    caption: str
+
+
+def world_words() -> list[str]:
+    """Every word a base-training caption can contain, sorted: the tokenizer's vocabulary."""
+    words: set[str] = {","}
+    for emoji in HELD_IN:
+        words.update(emoji.name.split())
+    words.update(CATEGORIES)
+    words.update(COLORS)
+    words.update(s for s in SIZES if s != "medium")
+    for _, _, phrase in POSITIONS.values():
+        words.update(phrase.split())
+    words.update({"a", "an", "and", "on", "background"})
+    return sorted(words)
+
+
+def sample_scene(rng: np.random.Generator, pool: tuple[Emoji, ...] = HELD_IN) -> Scene:
+    """Draw a scene and its caption; 25% of scenes hold two emoji side by side or stacked."""
+    color = list(COLORS)[rng.integers(len(COLORS))]
+    if rng.random() < 0.25:
+        first, second = rng.choice(len(pool), size=2, replace=False)
+        pos1, pos2 = (("left", "right"), ("top", "bottom"))[rng.integers(2)]
+        if rng.random() < 0.5:
+            pos1, pos2 = pos2, pos1
+        objects = (Placed(pool[first], pos1, "small"), Placed(pool[second], pos2, "small"))
+        template = _PAIR_TEMPLATES[rng.integers(len(_PAIR_TEMPLATES))]
+    else:
+        position = list(POSITIONS)[rng.integers(len(POSITIONS))]
+        size = list(SIZES)[rng.integers(len(SIZES))]
+        if size == "big":
+            position = "centre"  # a big emoji fills the image; any other position would crop it
+        objects = (Placed(pool[rng.integers(len(pool))], position, size),)
+        template = _SINGLE_TEMPLATES[rng.integers(len(_SINGLE_TEMPLATES))]
+    return Scene(color, objects, _caption(template, color, objects))
+
+
+def _caption(template: str, color: str, objects: tuple[Placed, ...]) -> str:
+    first = objects[0]
+    size_word = "" if first.size == "medium" else first.size + " "
+    fields = {
+        "name": first.emoji.name,
+        "a_name": with_article(first.emoji.name),
+        "a_size_name": with_article(size_word + first.emoji.name),
+        "a_category": with_article(first.emoji.category),
+        "where": POSITIONS[first.position][2],
+        "color": color,
+        "a_color": with_article(color),
+    }
+    if len(objects) == 2:
+        fields["a_name2"] = with_article(objects[1].emoji.name)
+        fields["where2"] = POSITIONS[objects[1].position][2]
+    return template.format(**fields)
+
+
+def scene_rng(seed: int, index: int) -> np.random.Generator:
+    """The random stream of scene `index` under `seed`: any scene can be regenerated on its own."""
+    return np.random.default_rng([seed, index])
+
+
+@cache
+def _font() -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(FONT_PATH), _FONT_SIZE)
+
+
+@cache
+def _glyph(char: str, side: int) -> Image.Image:
+    """The emoji as an RGBA square of `side` pixels (rendered once at the font's size, then scaled)."""
+    canvas = Image.new("RGBA", (_GLYPH, _GLYPH), (0, 0, 0, 0))
+    ImageDraw.Draw(canvas).text((0, (_GLYPH - 128) // 2), char, font=_font(), embedded_color=True)
+    return canvas.resize((side, side), Image.Resampling.LANCZOS)
+
+
+def render(scene: Scene, rng: np.random.Generator, size: int = 64) -> Image.Image:
+    """Draw a scene; `rng` adds small jitter to the background tint and object placement."""
+    tint = np.clip(np.array(COLORS[scene.color]) + rng.integers(-12, 13, size=3), 0, 255)
+    image = Image.new("RGBA", (size, size), (*map(int, tint), 255))
+    for placed in scene.objects:
+        side = round(SIZES[placed.size] * size)
+        cx, cy, _ = POSITIONS[placed.position]
+        jitter = rng.integers(-size // 20, size // 20 + 1, size=2)
+        x = int(np.clip(round(cx * size - side / 2) + jitter[0], 0, size - side))
+        y = int(np.clip(round(cy * size - side / 2) + jitter[1], 0, size - side))
+        image.alpha_composite(_glyph(placed.emoji.char, side), (x, y))
+    return image.convert("RGB")
+
+
+def generate(seed: int, index: int, pool: tuple[Emoji, ...] = HELD_IN, size: int = 64) -> tuple[Image.Image, Scene]:
+    """Scene `index` of the world drawn with `seed`: the same arguments always give the same pixels."""
+    rng = scene_rng(seed, index)
+    scene = sample_scene(rng, pool)
+    return render(scene, rng, size), scene
+
+
+def render_cache(out: Path, n: int, seed: int) -> None:
+    """Write `n` scenes as images.npy (uint8, N×64×64×3) and captions.json next to each other."""
+    out.mkdir(parents=True, exist_ok=True)
+    images = np.empty((n, 64, 64, 3), dtype=np.uint8)
+    captions = []
+    for i in range(n):
+        image, scene = generate(seed, i)
+        images[i] = np.asarray(image)
+        captions.append(scene.caption)
+    np.save(out / "images.npy", images)
+    (out / "captions.json").write_text(json.dumps(captions))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/world/data"))
+    parser.add_argument("--n", type=int, default=30000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    render_cache(args.out, args.n, args.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Train the world's AutoencoderKL: 64×64×3 images ↔ 16×16×4 latents (3 blocks, 2 downsamplings).
+
+Loss: L1 + MSE reconstruction with a tiny KL weight, as SD's VAE keeps latents near-Gaussian without
+blurring. After training, the latent std over the cache sets `scaling_factor`, so scaled latents have unit
+variance as the UNet's noise schedule assumes.
+
+`nice -n 10 python -m lifelong.world.train_vae [--resume]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+from .common import Checkpointer, Log, cosine_lr, load_cache, to_pixels
+from .data import generate
+
+
+@dataclass
+class VaeTrainConfig:
+    data: Path = Path("runs/world/data")
+    out: Path = Path("runs/world/vae")
+    steps: int = 2500
+    batch: int = 16
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+    seed: int = 0
+    threads: int = 1
+    save_every: int = 200
+
+
+def build_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=64,
+    )
+
+
+@torch.no_grad()
+def psnr_db(vae: AutoencoderKL, n: int = 128, seed: int = 2) -> float:
+    """Reconstruction PSNR (dB, pixels in [0, 1]) on `n` fresh scenes of `seed`, decoding the latent mean."""
+    vae.eval()
+    images = np.stack([np.asarray(generate(seed, i)[0]) for i in range(n)])
+    pixels = to_pixels(images)
+    recon = vae.decode(vae.encode(pixels).latent_dist.mean).sample.clamp(-1, 1)
+    mse = ((recon - pixels) / 2).pow(2).mean().item()
+    return float(10 * np.log10(1.0 / mse))
+
+
+@torch.no_grad()
+def latent_std(vae: AutoencoderKL, images: np.ndarray, n: int = 2048) -> float:
+    """Std of unscaled latent means over the first `n` cached images."""
+    vae.eval()
+    means = [vae.encode(to_pixels(images[i : i + 128])).latent_dist.mean for i in range(0, n, 128)]
+    return float(torch.cat(means).std())
+
+
+def train(cfg: VaeTrainConfig, resume: bool) -> None:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    log = Log(cfg.out / "train.log")
+    images, _ = load_cache(cfg.data)
+    ckpt = Checkpointer(cfg.out / "ckpt")
+    if resume and ckpt.exists():
+        vae = AutoencoderKL.from_pretrained(ckpt.folder / "vae")
+        start = ckpt.state()["step"]
+    else:
+        vae = build_vae()
+        start = 0
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    if start:
+        ckpt.load_optimizer(optimizer)
+    log(f"vae {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M params, start at step {start}")
+    rng = np.random.default_rng([cfg.seed, start])
+    for step in range(start, cfg.steps):
+        vae.train()
+        pixels = to_pixels(images[np.sort(rng.choice(len(images), size=cfg.batch, replace=False))])
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
+        posterior = vae.encode(pixels).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + cfg.kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0:
+            log(f"step {step} loss {loss.item():.4f}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            ckpt.save({"vae": vae}, optimizer, step + 1)
+            log(f"step {step + 1} saved; psnr {psnr_db(vae, n=64):.2f} dB")
+    std = latent_std(vae, images)
+    vae.register_to_config(scaling_factor=1.0 / std)
+    vae.save_pretrained(cfg.out / "final")
+    (cfg.out / "final" / "quality.json").write_text(json.dumps({"psnr_db": psnr_db(vae), "latent_std": std}))
+    log(f"final: latent std {std:.4f}, scaling_factor {1 / std:.4f}, saved to {cfg.out / 'final'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--steps", type=int, default=VaeTrainConfig.steps)
+    parser.add_argument("--threads", type=int, default=VaeTrainConfig.threads)
+    args = parser.parse_args()
+    train(VaeTrainConfig(steps=args.steps, threads=args.threads), args.resume)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("GRADIO_TEMP_DIR", "/tmp/lifelong-tests-gradio")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+from tiny import tiny_pipeline  # noqa: E402
+
+from lifelong.base import BaseConfig, BaseModel, prepare_base  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_base() -> BaseModel:
+    """A tiny SD-1.x base built from configs: shared by the tests, which must leave it as they found it."""
+    return prepare_base(tiny_pipeline(), BaseConfig(model="tiny", concept_slots=6), torch.device("cpu"))
+
+
+def pattern_images(count: int = 3, size: int = 48, seed: int = 0) -> list[Image.Image]:
+    """A recognisable concept: a red disc on a teal background, shifted a little per image."""
+    images = []
+    for i in range(count):
+        yy, xx = np.mgrid[0:size, 0:size]
+        cx, cy = size / 2 + (i - 1) * 3, size / 2 + ((seed + i) % 3 - 1) * 2
+        disc = (xx - cx) ** 2 + (yy - cy) ** 2 < (size / 4) ** 2
+        array = np.zeros((size, size, 3), dtype=np.uint8)
+        array[:] = (20, 160, 150)
+        array[disc] = (230, 30, 40)
+        images.append(Image.fromarray(array))
+    return images

@@ -1,0 +1,157 @@
+"""The lifelong core on a tiny real pipeline: learn, checkpoints, persistence, cancel."""
+
+from __future__ import annotations
+
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import pattern_images
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+from lifelong.adapters import target_module_names
+from lifelong.concepts import Session
+from lifelong.errors import Cancelled, CheckpointError, InvalidPromptError, SessionFormatError
+from lifelong.generate import GenerateConfig, generate
+from lifelong.learner import LearnConfig, concept_loss, learn
+
+FAST = GenerateConfig(steps=3, seed=7, num_images=2)
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(image) for image in images])
+
+
+@pytest.fixture(scope="module")
+def learned(tiny_base, tmp_path_factory):
+    """A session that learned <rex>, and the base model's images generated before any learning."""
+    session = Session.create(tmp_path_factory.mktemp("core") / "session", "tiny")
+    before = pixels(generate(tiny_base, session, "a red dog", FAST))
+    learn(session, tiny_base, pattern_images(), "rex", "dog", LearnConfig(steps=40, seed=1))
+    return session, before
+
+
+def test_checkpoint_zero_reproduces_the_base_bit_for_bit(tiny_base, learned):
+    session, before = learned
+    assert np.array_equal(pixels(generate(tiny_base, session, "a red dog", FAST, checkpoint=0)), before)
+
+
+def test_base_weights_are_restored_exactly_after_use(tiny_base, learned):
+    session, _ = learned
+    pristine = {n: tiny_base.pipe.unet.get_submodule(n).weight.clone() for n in target_module_names(tiny_base.pipe.unet)}
+    generate(tiny_base, session, "a <rex> dog", FAST)
+    for name, weight in pristine.items():
+        assert torch.equal(tiny_base.pipe.unet.get_submodule(name).weight, weight)
+
+
+def test_new_token_changes_generations(tiny_base, learned):
+    session, before = learned
+    with_token = pixels(generate(tiny_base, session, "a <rex> dog", FAST))
+    assert np.abs(with_token.astype(int) - before.astype(int)).mean() > 1.0
+
+
+def test_same_seed_same_image_and_batch_of_seeds(tiny_base, learned):
+    session, _ = learned
+    first = generate(tiny_base, session, "a <rex> dog", FAST)
+    second = generate(tiny_base, session, "a <rex> dog", FAST)
+    assert np.array_equal(pixels(first), pixels(second))
+    assert not np.array_equal(pixels(first[:1]), pixels(first[1:]))  # seeds 7 and 8 differ
+
+
+def test_training_lowers_the_concept_loss(tiny_base, learned):
+    session, _ = learned
+    images = session.images(1)
+    before = concept_loss(tiny_base, session, 0, images, "a dog")
+    after = concept_loss(tiny_base, session, 1, images, "a <rex> dog")
+    assert after < before * 0.97, (before, after)  # K/V + token only: a random tiny UNet moves a few %
+
+
+def test_save_export_import_gives_the_same_image(tiny_base, learned, tmp_path):
+    session, _ = learned
+    expected = pixels(generate(tiny_base, session, "a <rex> dog", FAST, checkpoint=1))
+    exported = session.export(tmp_path / "rex.lifelong.zip")
+    restored = Session.import_file(exported, tmp_path / "restored")
+    reopened = Session.open(restored.root)
+    assert reopened.names() == ["rex"]
+    assert np.array_equal(pixels(generate(tiny_base, reopened, "a <rex> dog", FAST, checkpoint=1)), expected)
+
+
+def test_cancel_leaves_manifest_and_checkpoints_unchanged(tiny_base, learned):
+    session, _ = learned
+    manifest = (session.root / "manifest.json").read_bytes()
+    files_before = sorted(p.relative_to(session.root) for p in session.root.rglob("*"))
+    cancel = threading.Event()
+    steps_seen = []
+
+    def on_progress(progress):
+        steps_seen.append(progress.step)
+        if progress.step == 3:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        learn(session, tiny_base, pattern_images(seed=2), "mug", "mug", LearnConfig(steps=50), on_progress, cancel)
+    assert steps_seen == [1, 2, 3]
+    assert (session.root / "manifest.json").read_bytes() == manifest
+    assert sorted(p.relative_to(session.root) for p in session.root.rglob("*")) == files_before
+    assert Session.open(session.root).names() == ["rex"]
+    assert not any(isinstance(m, BaseTunerLayer) for m in tiny_base.pipe.unet.modules())
+
+
+def test_lora_parameters_learn_and_come_off_cleanly(tiny_base, tmp_path):
+    session = Session.create(tmp_path / "lora", "tiny")
+    learn(session, tiny_base, pattern_images(), "toy", "toy", LearnConfig(steps=4, params="lora", lora_rank=2))
+    delta, _ = session.checkpoint(1)
+    assert delta.kind == "lora" and all(t.shape[0] == 2 or t.shape[1] == 2 for t in delta.tensors.values())
+    assert not any(isinstance(m, BaseTunerLayer) for m in tiny_base.pipe.unet.modules())
+    assert any(delta.dense(m).abs().sum() > 0 for m in delta.modules())
+
+
+def test_unknown_and_future_tokens_and_checkpoints_are_refused(tiny_base, learned):
+    session, _ = learned
+    with pytest.raises(InvalidPromptError, match="not a learned concept"):
+        generate(tiny_base, session, "a <nobody> dog", FAST)
+    with pytest.raises(InvalidPromptError, match="after checkpoint 0"):
+        generate(tiny_base, session, "a <rex> dog", FAST, checkpoint=0)
+    with pytest.raises(CheckpointError):
+        generate(tiny_base, session, "a dog", FAST, checkpoint=5)
+    with pytest.raises(InvalidPromptError, match="Write a prompt"):
+        generate(tiny_base, session, "   ", FAST)
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        {"manifest.json": b"{}"},
+        {"manifest.json": b'{"format": "lifelong-session", "version": 1}', "evil.pkl": b"\x80\x04."},
+        {"manifest.json": b'{"format": "lifelong-session", "version": 1}', "../escape.png": b"x"},
+        {"readme.txt": b"hello"},
+    ],
+)
+def test_import_refuses_what_is_not_our_format(tmp_path, members):
+    with pytest.raises(SessionFormatError):
+        Session.import_file(_zip(tmp_path / "x.zip", members), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_import_refuses_a_non_zip_and_a_foreign_checkpoint(tmp_path, learned):
+    (tmp_path / "not.zip").write_bytes(b"plain text")
+    with pytest.raises(SessionFormatError):
+        Session.import_file(tmp_path / "not.zip", tmp_path / "a")
+    session, _ = learned
+    exported = session.export(tmp_path / "ok.zip")
+    with zipfile.ZipFile(exported) as src, zipfile.ZipFile(tmp_path / "bad.zip", "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            dst.writestr(item, b"\x00" * 16 if item.filename.endswith(".safetensors") else data)
+    with pytest.raises(SessionFormatError):
+        Session.import_file(tmp_path / "bad.zip", tmp_path / "b")
