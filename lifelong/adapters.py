@@ -71,7 +71,9 @@ class ModelState:
     embeddings: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
-def compose(deltas: Sequence[ConceptDelta], token_ids: Sequence[int], weights: Sequence[float] | None = None) -> ModelState:
+def compose(
+    deltas: Sequence[ConceptDelta], token_ids: Sequence[int], weights: Sequence[float] | None = None
+) -> ModelState:
     """Sum concept deltas (optionally weighted) into one state; every concept's token keeps its embedding."""
     weights = list(weights) if weights is not None else [1.0] * len(deltas)
     state = ModelState()
@@ -201,11 +203,15 @@ class TrainableSet:
                 key.replace(".weight", "").replace(f".{_ADAPTER}", ""): value.detach().float().cpu().clone()
                 for key, value in state.items()
             }
-        return ConceptDelta(self.kind, tensors, self.embedding.detach().float().cpu().clone(), self.lora_scale)
+        return ConceptDelta(
+            self.kind, tensors, self.embedding.detach().float().cpu().clone(), self.lora_scale
+        )
 
 
 @contextmanager
-def trainable(base: BaseModel, kind: str, token_id: int, init_embedding: torch.Tensor, lora_rank: int = 4) -> Iterator[TrainableSet]:
+def trainable(
+    base: BaseModel, kind: str, token_id: int, init_embedding: torch.Tensor, lora_rank: int = 4
+) -> Iterator[TrainableSet]:
     """Attach a fresh trainable set to the base for the block and take it off afterwards, always."""
     if kind not in KINDS:
         raise ValueError(f"unknown trainable kind {kind!r}; choose one of {KINDS}")
@@ -219,7 +225,9 @@ def trainable(base: BaseModel, kind: str, token_id: int, init_embedding: torch.T
             parametrize.register_parametrization(linear, "weight", _AddDelta(linear.weight))
     else:
         unet.add_adapter(
-            LoraConfig(r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian", target_modules=modules),
+            LoraConfig(
+                r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian", target_modules=modules
+            ),
             adapter_name=_ADAPTER,
         )
         for name, param in unet.named_parameters():
@@ -229,7 +237,9 @@ def trainable(base: BaseModel, kind: str, token_id: int, init_embedding: torch.T
     encoder_embeddings = base.pipe.text_encoder.get_input_embeddings()
     trainset = TrainableSet(base, kind, modules, token_id, embedding, lora_scale)
 
-    def inject_token(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+    def inject_token(
+        _module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+    ) -> torch.Tensor:
         if not trainset._enabled:
             return output
         mask = (inputs[0] == token_id).unsqueeze(-1)
@@ -242,7 +252,9 @@ def trainable(base: BaseModel, kind: str, token_id: int, init_embedding: torch.T
         hook.remove()
         if kind == "kv":
             for name in modules:
-                parametrize.remove_parametrizations(unet.get_submodule(name), "weight", leave_parametrized=False)
+                parametrize.remove_parametrizations(
+                    unet.get_submodule(name), "weight", leave_parametrized=False
+                )
         else:
             unet.unload_lora()
 
@@ -253,7 +265,9 @@ def token_embedding(base: BaseModel, words: str) -> torch.Tensor:
     table = base.pipe.text_encoder.get_input_embeddings().weight
     ids = [i for i in tokenizer(words, add_special_tokens=False).input_ids if i != tokenizer.unk_token_id]
     if not ids:
-        ids = [i for i in tokenizer("object", add_special_tokens=False).input_ids if i != tokenizer.unk_token_id]
+        ids = [
+            i for i in tokenizer("object", add_special_tokens=False).input_ids if i != tokenizer.unk_token_id
+        ]
     if not ids:
         return table[: min(len(tokenizer), table.shape[0])].float().mean(0).detach().cpu()
     return table[ids].float().mean(0).detach().cpu()
@@ -262,4 +276,7 @@ def token_embedding(base: BaseModel, words: str) -> torch.Tensor:
 def weight_snapshot(base: BaseModel, names: Mapping[str, object] | None = None) -> dict[str, torch.Tensor]:
     """Copies of the current target weights (tests use it to prove a state was taken out exactly)."""
     unet = base.pipe.unet
-    return {name: unet.get_submodule(name).weight.detach().clone() for name in (names or target_module_names(unet))}
+    return {
+        name: unet.get_submodule(name).weight.detach().clone()
+        for name in (names or target_module_names(unet))
+    }

@@ -95,7 +95,9 @@ def load_base(config: BaseConfig | None = None) -> BaseModel:
     return prepare_base(pipe, BaseConfig(model, str(device), config.dtype, config.concept_slots), device)
 
 
-def prepare_base(pipe: StableDiffusionPipeline, config: BaseConfig, device: torch.device | None = None) -> BaseModel:
+def prepare_base(
+    pipe: StableDiffusionPipeline, config: BaseConfig, device: torch.device | None = None
+) -> BaseModel:
     """Freeze a pipeline in place and add the concept slot tokens; the pipeline becomes the base."""
     if device is not None:
         pipe.to(device)

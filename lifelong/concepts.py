@@ -68,7 +68,9 @@ class Concept:
         except TypeError as error:
             raise SessionFormatError(f"the manifest has a damaged concept entry ({error}).") from error
         if not NAME_PATTERN.match(concept.name):
-            raise SessionFormatError(f"the manifest names a concept {concept.name!r} that is not a valid name.")
+            raise SessionFormatError(
+                f"the manifest names a concept {concept.name!r} that is not a valid name."
+            )
         return concept
 
 
@@ -83,7 +85,12 @@ def save_checkpoint(path: Path, delta: ConceptDelta, extras: dict[str, torch.Ten
     tensors = {f"delta.{key}": value for key, value in delta.tensors.items()}
     tensors["embedding"] = delta.embedding
     tensors.update({f"extra.{key}": value for key, value in (extras or {}).items()})
-    metadata = {"format": CHECKPOINT_FORMAT, "version": str(VERSION), "kind": delta.kind, "lora_scale": repr(delta.lora_scale)}
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "version": str(VERSION),
+        "kind": delta.kind,
+        "lora_scale": repr(delta.lora_scale),
+    }
     write_safetensors(path, tensors, metadata)
 
 
@@ -94,14 +101,16 @@ def load_checkpoint(path: Path) -> tuple[ConceptDelta, dict[str, torch.Tensor]]:
             metadata = handle.metadata() or {}
             if metadata.get("format") != CHECKPOINT_FORMAT or metadata.get("kind") not in KINDS:
                 raise SessionFormatError(f"{path.name} is not a Lifelong Studio concept checkpoint.")
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
     except (SafetensorError, OSError, ValueError) as error:
         raise SessionFormatError(f"{path.name} is not a readable checkpoint ({error}).") from error
     if "embedding" not in tensors:
         raise SessionFormatError(f"{path.name} has no token embedding.")
     deltas = {key.removeprefix("delta."): value for key, value in tensors.items() if key.startswith("delta.")}
     extras = {key.removeprefix("extra."): value for key, value in tensors.items() if key.startswith("extra.")}
-    delta = ConceptDelta(metadata["kind"], deltas, tensors["embedding"], float(metadata.get("lora_scale", "1.0")))
+    delta = ConceptDelta(
+        metadata["kind"], deltas, tensors["embedding"], float(metadata.get("lora_scale", "1.0"))
+    )
     return delta, extras
 
 
@@ -138,7 +147,9 @@ class Session:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise SessionFormatError(f"{root} is not a Lifelong Studio session.")
         if data.get("version") != VERSION:
-            raise SessionFormatError(f"session format version {data.get('version')} is not supported (need {VERSION}).")
+            raise SessionFormatError(
+                f"session format version {data.get('version')} is not supported (need {VERSION})."
+            )
         concepts = [Concept.from_json(item) for item in data.get("concepts", [])]
         for concept in concepts:
             for relative in [concept.checkpoint, *concept.images]:
@@ -213,7 +224,10 @@ class Session:
         return self._cache[concept.name]
 
     def images(self, index: int) -> list[Image.Image]:
-        return [Image.open(_check_inside(self.root, rel)).convert("RGB") for rel in self.concepts[index - 1].images]
+        return [
+            Image.open(_check_inside(self.root, rel)).convert("RGB")
+            for rel in self.concepts[index - 1].images
+        ]
 
     def resolve(self, checkpoint: int | None) -> int:
         """``None`` means the latest checkpoint; anything outside 0..N is an error."""
@@ -244,7 +258,9 @@ class Session:
                 raise InvalidPromptError(f"<{name}> is not a learned concept (learned: {known}).")
             index = names.index(name)
             if index >= checkpoint:
-                raise InvalidPromptError(f"<{name}> was learned after checkpoint {checkpoint}; pick a later one.")
+                raise InvalidPromptError(
+                    f"<{name}> was learned after checkpoint {checkpoint}; pick a later one."
+                )
             return slot_token(index)
 
         return TOKEN_PATTERN.sub(replace, prompt)
@@ -283,15 +299,26 @@ class Session:
             members = archive.infolist()
             names = {member.filename for member in members}
             if MANIFEST not in names:
-                raise SessionFormatError(f"{path.name} is not an exported Lifelong Studio session (no manifest).")
+                raise SessionFormatError(
+                    f"{path.name} is not an exported Lifelong Studio session (no manifest)."
+                )
             if sum(member.file_size for member in members) > _MAX_EXPORT_BYTES:
                 raise SessionFormatError(f"{path.name} is too large to be a session.")
             for member in members:
                 name = member.filename
                 parts = Path(name).parts
-                if member.is_dir() or name.startswith("/") or ".." in parts or Path(name).suffix not in _EXPORT_SUFFIXES:
-                    raise SessionFormatError(f"{path.name} holds an unexpected file {name!r}; refusing to import it.")
-            staging = Path(tempfile.mkdtemp(prefix=".import.", dir=root.parent if root.parent.exists() else None))
+                if (
+                    member.is_dir()
+                    or name.startswith("/")
+                    or ".." in parts
+                    or Path(name).suffix not in _EXPORT_SUFFIXES
+                ):
+                    raise SessionFormatError(
+                        f"{path.name} holds an unexpected file {name!r}; refusing to import it."
+                    )
+            staging = Path(
+                tempfile.mkdtemp(prefix=".import.", dir=root.parent if root.parent.exists() else None)
+            )
             try:
                 archive.extractall(staging)
                 session = cls.open(staging)

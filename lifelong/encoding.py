@@ -28,7 +28,13 @@ def _to_array(image: Image.Image) -> np.ndarray:
 def tokenize(base: BaseModel, prompts: list[str]) -> torch.Tensor:
     """Token ids padded to the tokenizer's full length, as the UNet was trained to see them."""
     tokenizer = base.pipe.tokenizer
-    batch = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    batch = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
     return batch.input_ids.to(base.device)
 
 
@@ -41,7 +47,7 @@ def encode_text(base: BaseModel, prompts: list[str]) -> torch.Tensor:
 def decode(base: BaseModel, latents: torch.Tensor) -> list[Image.Image]:
     vae = base.pipe.vae
     pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    arrays = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arrays = (
+        ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    )
     return [Image.fromarray(np.ascontiguousarray(array)) for array in arrays]
-
-

@@ -15,8 +15,8 @@ from PIL import Image
 from lifelong.adapters import use_state
 from lifelong.base import BaseModel
 from lifelong.concepts import Session
-from lifelong.errors import InvalidPromptError
 from lifelong.encoding import decode, encode_text
+from lifelong.errors import InvalidPromptError
 from lifelong.progress import Progress, ProgressFn
 
 MAX_IMAGES = 16

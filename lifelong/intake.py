@@ -34,14 +34,20 @@ def _open(source: ImageSource, label: str) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         if image.format not in ALLOWED_FORMATS:
-            raise InvalidImageError(f"{label}: {image.format} images are not supported; use JPEG, PNG or WebP.")
+            raise InvalidImageError(
+                f"{label}: {image.format} images are not supported; use JPEG, PNG or WebP."
+            )
         image.load()
     except InvalidImageError:
         raise
     except Image.DecompressionBombError as error:
-        raise InvalidImageError(f"{label}: the image is too large to open safely; resize it below 100 megapixels.") from error
+        raise InvalidImageError(
+            f"{label}: the image is too large to open safely; resize it below 100 megapixels."
+        ) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise InvalidImageError(f"{label}: this is not a readable image (is it a JPEG, PNG or WebP?).") from error
+        raise InvalidImageError(
+            f"{label}: this is not a readable image (is it a JPEG, PNG or WebP?)."
+        ) from error
     return image
 
 
@@ -86,7 +92,9 @@ def load_images(sources: Sequence[ImageSource], size: int) -> list[Image.Image]:
         image = _open(source, label)
         width, height = image.size
         if min(width, height) < 16:
-            raise InvalidImageError(f"{label}: {width}×{height} px is too small; use images of at least 64 px.")
+            raise InvalidImageError(
+                f"{label}: {width}×{height} px is too small; use images of at least 64 px."
+            )
         images.append(square(_to_rgb(image), size))
     return images
 
@@ -112,5 +120,7 @@ def validate_class_word(word: str) -> str:
     """An optional class word ('dog'): plain words only, since it goes into training prompts."""
     cleaned = " ".join((word or "").split()).lower()
     if len(cleaned) > 40 or any(ch in cleaned for ch in "<>|{}"):
-        raise InvalidConceptNameError(f"{word!r} is not a usable class word: use a short plain word like 'dog'.")
+        raise InvalidConceptNameError(
+            f"{word!r} is not a usable class word: use a short plain word like 'dog'."
+        )
     return cleaned

@@ -95,14 +95,24 @@ def _views(image: Image.Image, size: int, augment: bool, rng: random.Random) -> 
             scale = rng.uniform(0.75, 0.95)
             side = int(size * scale)
             left, top = rng.randint(0, size - side), rng.randint(0, size - side)
-            views.append(image.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS))
+            views.append(
+                image.crop((left, top, left + side, top + side)).resize(
+                    (size, size), Image.Resampling.LANCZOS
+                )
+            )
         views += [ImageOps.mirror(view) for view in list(views)]
     return views
 
 
 @torch.no_grad()
 def concept_loss(
-    base: BaseModel, session: Session, checkpoint: int, images: Sequence[Image.Image], prompt: str, seed: int = 0, samples: int = 32
+    base: BaseModel,
+    session: Session,
+    checkpoint: int,
+    images: Sequence[Image.Image],
+    prompt: str,
+    seed: int = 0,
+    samples: int = 32,
 ) -> float:
     """Mean diffusion loss of ``images`` under ``prompt`` at ``checkpoint``, with fixed noise and timesteps."""
     state = session.state(checkpoint, base.slot_token_ids)
@@ -111,14 +121,18 @@ def concept_loss(
         latents = encode_images(base, [square(image, base.resolution) for image in images])
         latents = latents.repeat((samples + len(latents) - 1) // len(latents), 1, 1, 1)[:samples]
         noise = torch.randn(latents.shape, generator=generator).to(base.device)
-        timesteps = torch.randint(0, base.train_scheduler.config.num_train_timesteps, (samples,), generator=generator).to(base.device)
+        timesteps = torch.randint(
+            0, base.train_scheduler.config.num_train_timesteps, (samples,), generator=generator
+        ).to(base.device)
         embeddings = encode_text(base, [session.rewrite_prompt(prompt, checkpoint)]).expand(samples, -1, -1)
         noisy = base.train_scheduler.add_noise(latents, noise, timesteps)
         prediction = base.pipe.unet(noisy.to(base.dtype), timesteps, embeddings).sample.float()
         return F.mse_loss(prediction, _target(base, latents, noise, timesteps)).item()
 
 
-def _target(base: BaseModel, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+def _target(
+    base: BaseModel, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     if base.train_scheduler.config.prediction_type == "v_prediction":
         return base.train_scheduler.get_velocity(latents, noise, timesteps)
     return noise
@@ -146,7 +160,9 @@ def learn(
         raise DuplicateConceptError(f"<{name}> is already in this session; choose another name.")
     slot = len(session.concepts)
     if slot >= len(base.slot_token_ids):
-        raise SessionFullError(f"this session already holds {slot} concepts, the most it can; start a new session.")
+        raise SessionFullError(
+            f"this session already holds {slot} concepts, the most it can; start a new session."
+        )
     clean = load_images(images, base.resolution)
     started = time.perf_counter()
     rng = random.Random(config.seed)
@@ -155,7 +171,9 @@ def learn(
     prompt = " ".join(config.prompt_template.format(token=slot_token(slot), class_word=class_word).split())
     # stacked methods learn on top of the previous checkpoint; the others on the base, earlier tokens kept
     state = session.state(slot if method.stack else 0, base.slot_token_ids)
-    state.embeddings.update({base.slot_token_ids[i]: session.checkpoint(i + 1)[0].embedding for i in range(slot)})
+    state.embeddings.update(
+        {base.slot_token_ids[i]: session.checkpoint(i + 1)[0].embedding for i in range(slot)}
+    )
     losses: list[float] = []
     with use_state(base, state):
         init = token_embedding(base, class_word or name)
@@ -174,20 +192,41 @@ def learn(
             accumulate = max(1, config.gradient_accumulation)
             for step in range(1, config.steps + 1):
                 if cancel is not None and cancel.is_set():
-                    raise Cancelled(f"learning <{name}> was cancelled at step {step - 1}; nothing was changed.")
+                    raise Cancelled(
+                        f"learning <{name}> was cancelled at step {step - 1}; nothing was changed."
+                    )
                 step_loss = 0.0
                 for _ in range(accumulate):
-                    pick = torch.randint(0, len(latents_all), (config.batch_size,), generator=generator, device=base.device)
+                    pick = torch.randint(
+                        0, len(latents_all), (config.batch_size,), generator=generator, device=base.device
+                    )
                     latents = latents_all[pick]
                     noise = torch.randn(latents.shape, generator=generator, device=base.device)
-                    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator, device=base.device)
+                    timesteps = torch.randint(
+                        0,
+                        scheduler.config.num_train_timesteps,
+                        (len(latents),),
+                        generator=generator,
+                        device=base.device,
+                    )
                     noisy = scheduler.add_noise(latents, noise, timesteps)
                     with base.accelerator.autocast():
                         embeddings = base.pipe.text_encoder(ids.expand(len(latents), -1))[0]
-                        prediction = base.pipe.unet(noisy.to(base.dtype), timesteps, embeddings).sample.float()
+                        prediction = base.pipe.unet(
+                            noisy.to(base.dtype), timesteps, embeddings
+                        ).sample.float()
                     loss = F.mse_loss(prediction, _target(base, latents, noise, timesteps))
                     ctx = StepContext(
-                        base, session, trainset, step, latents, noise, timesteps, embeddings, prediction, generator,
+                        base,
+                        session,
+                        trainset,
+                        step,
+                        latents,
+                        noise,
+                        timesteps,
+                        embeddings,
+                        prediction,
+                        generator,
                         lambda prompts: encode_text(base, prompts),
                     )
                     for regularizer in regularizers:
@@ -200,7 +239,11 @@ def learn(
                     raise FloatingPointError(f"the loss diverged at step {step}; lower the learning rate.")
                 losses.append(step_loss)
                 if progress is not None:
-                    progress(Progress(step, config.steps, step_loss, time.perf_counter() - started, f"learning <{name}>"))
+                    progress(
+                        Progress(
+                            step, config.steps, step_loss, time.perf_counter() - started, f"learning <{name}>"
+                        )
+                    )
             delta = trainset.extract()
     concept = Concept(
         name=name,

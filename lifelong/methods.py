@@ -16,7 +16,9 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
-    "finetune": Method("finetune", "Plain sequential fine-tuning of cross-attention K/V and the token (forgets)."),
+    "finetune": Method(
+        "finetune", "Plain sequential fine-tuning of cross-attention K/V and the token (forgets)."
+    ),
 }
 
 DEFAULT_METHOD = "finetune"

@@ -41,7 +41,10 @@ def test_checkpoint_zero_reproduces_the_base_bit_for_bit(tiny_base, learned):
 
 def test_base_weights_are_restored_exactly_after_use(tiny_base, learned):
     session, _ = learned
-    pristine = {n: tiny_base.pipe.unet.get_submodule(n).weight.clone() for n in target_module_names(tiny_base.pipe.unet)}
+    pristine = {
+        n: tiny_base.pipe.unet.get_submodule(n).weight.clone()
+        for n in target_module_names(tiny_base.pipe.unet)
+    }
     generate(tiny_base, session, "a <rex> dog", FAST)
     for name, weight in pristine.items():
         assert torch.equal(tiny_base.pipe.unet.get_submodule(name).weight, weight)
@@ -92,7 +95,16 @@ def test_cancel_leaves_manifest_and_checkpoints_unchanged(tiny_base, learned):
             cancel.set()
 
     with pytest.raises(Cancelled):
-        learn(session, tiny_base, pattern_images(seed=2), "mug", "mug", LearnConfig(steps=50), on_progress, cancel)
+        learn(
+            session,
+            tiny_base,
+            pattern_images(seed=2),
+            "mug",
+            "mug",
+            LearnConfig(steps=50),
+            on_progress,
+            cancel,
+        )
     assert steps_seen == [1, 2, 3]
     assert (session.root / "manifest.json").read_bytes() == manifest
     assert sorted(p.relative_to(session.root) for p in session.root.rglob("*")) == files_before
@@ -102,7 +114,9 @@ def test_cancel_leaves_manifest_and_checkpoints_unchanged(tiny_base, learned):
 
 def test_lora_parameters_learn_and_come_off_cleanly(tiny_base, tmp_path):
     session = Session.create(tmp_path / "lora", "tiny")
-    learn(session, tiny_base, pattern_images(), "toy", "toy", LearnConfig(steps=4, params="lora", lora_rank=2))
+    learn(
+        session, tiny_base, pattern_images(), "toy", "toy", LearnConfig(steps=4, params="lora", lora_rank=2)
+    )
     delta, _ = session.checkpoint(1)
     assert delta.kind == "lora" and all(t.shape[0] == 2 or t.shape[1] == 2 for t in delta.tensors.values())
     assert not any(isinstance(m, BaseTunerLayer) for m in tiny_base.pipe.unet.modules())
