@@ -90,7 +90,7 @@ def load_base(config: BaseConfig | None = None) -> BaseModel:
     device = torch.device(config.device) if config.device else PartialState().device
     dtype = _resolve_dtype(config.dtype, device)
     pipe = StableDiffusionPipeline.from_pretrained(
-        model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+        model, dtype=dtype, safety_checker=None, requires_safety_checker=False
     )
     return prepare_base(pipe, BaseConfig(model, str(device), config.dtype, config.concept_slots), device)
 
