@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from peft import LoraConfig
@@ -134,6 +135,12 @@ class _AddDelta(nn.Module):
         return weight + self.delta.to(weight.dtype) if self.enabled else weight
 
 
+def _add_delta(unet: nn.Module, name: str) -> _AddDelta:
+    parametrization = unet.get_submodule(name).parametrizations["weight"][0]  # type: ignore[index]
+    assert isinstance(parametrization, _AddDelta)
+    return parametrization
+
+
 @dataclass
 class TrainableSet:
     """The parameters one concept trains, live on the base while learning.
@@ -153,7 +160,7 @@ class TrainableSet:
     def weight_parameters(self) -> list[nn.Parameter]:
         unet = self.base.pipe.unet
         if self.kind == "kv":
-            return [unet.get_submodule(name).parametrizations.weight[0].delta for name in self.modules]
+            return [_add_delta(unet, name).delta for name in self.modules]
         return [p for n, p in unet.named_parameters() if f".{_ADAPTER}." in n and "lora_" in n]
 
     def lora_factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -169,7 +176,7 @@ class TrainableSet:
         """The current ΔW of one module, differentiable."""
         unet = self.base.pipe.unet
         if self.kind == "kv":
-            return unet.get_submodule(module).parametrizations.weight[0].delta
+            return _add_delta(unet, module).delta
         a, b = self.lora_factors()[module]
         return (b @ a) * self.lora_scale
 
@@ -182,11 +189,11 @@ class TrainableSet:
         finally:
             self._set_enabled(unet, True)
 
-    def _set_enabled(self, unet: nn.Module, on: bool) -> None:
+    def _set_enabled(self, unet: Any, on: bool) -> None:
         self._enabled = on
         if self.kind == "kv":
             for name in self.modules:
-                unet.get_submodule(name).parametrizations.weight[0].enabled = on
+                _add_delta(unet, name).enabled = on
         elif on:
             unet.enable_adapters()
         else:

@@ -52,7 +52,7 @@ def override(config: C, values: dict[str, Any]) -> C:
         else:
             raise UnknownMethodError(f"unknown setting {key!r}; known: {', '.join(sorted(fields))}.")
     if extra:
-        changes["settings"] = {**config.settings, **extra}
+        changes["settings"] = {**config.settings, **extra}  # type: ignore[attr-defined]
     return dataclasses.replace(config, **changes)  # type: ignore[type-var]
 
 
