@@ -43,7 +43,7 @@ class EvalClip:
     def load(cls, path: str | Path = "", device: str | torch.device = "cpu") -> EvalClip:
         """A CLIP folder or hub id (default: the bundled eval CLIP), in float32 on ``device``, frozen."""
         path = str(path or BUNDLED_EVAL_CLIP)
-        model = CLIPModel.from_pretrained(path, torch_dtype=torch.float32).to(device).eval()
+        model = CLIPModel.from_pretrained(path, dtype=torch.float32).to(device).eval()
         model.requires_grad_(False)
         return cls(model, CLIPImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path))
 

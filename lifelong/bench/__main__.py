@@ -1,0 +1,3 @@
+from lifelong.bench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""``python -m lifelong.bench``: benchmark modes over one shared set of options.
+
+A mode is a flag (``""`` for the default mode, the lifelong benchmark), a function that adds its option
+group, and a function that runs it. To add a benchmark, write a module with one :class:`Mode` and list it
+in :data:`MODES`; the common options (model, eval CLIP, device, seed, methods, steps, out) are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lifelong.base import BaseConfig, get_base
+from lifelong.bench.report import write_report
+from lifelong.bench.sequence import (
+    BUNDLED_CONCEPTS,
+    SequenceConfig,
+    load_concepts,
+    results_json,
+    run_sequence,
+    setup_record,
+)
+from lifelong.errors import LifelongError
+from lifelong.methods import METHODS, get_method
+from lifelong.metrics import EvalClip
+
+
+@dataclass(frozen=True)
+class Mode:
+    flag: str  # "" = the default mode, run when no mode flag is given
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# The quick setting: 3 concepts × 3 methods in under 10 minutes on a 2-core CPU (see docs/BENCHMARKS.md).
+QUICK = {"concepts": 3, "steps": 60, "images_per_prompt": 2}
+QUICK_METHODS = ("finetune", "lfs", "l2dm")
+FULL = {"concepts": 8, "steps": 100, "images_per_prompt": 2}
+
+
+def _lifelong_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("lifelong benchmark (the default mode)")
+    group.add_argument(
+        "--concepts", type=int, default=None, help=f"how many concepts to learn (default {FULL['concepts']})"
+    )
+    group.add_argument(
+        "--concept-dir",
+        type=Path,
+        default=BUNDLED_CONCEPTS,
+        help="one subfolder of images per concept, optionally an index.json with class words "
+        "(default: the bundled world's held-out emoji)",
+    )
+    group.add_argument(
+        "--images-per-prompt",
+        type=int,
+        default=None,
+        help=f"eval images per prompt and checkpoint (default {FULL['images_per_prompt']})",
+    )
+    group.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of eval images")
+    group.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK['concepts']} concepts, methods {','.join(QUICK_METHODS)}, {QUICK['steps']} steps",
+    )
+    group.add_argument(
+        "--resume", action="store_true", help="reuse methods/<method>.json of an earlier identical run"
+    )
+
+
+def _quick_methods() -> list[str]:
+    """finetune, lfs and l2dm; where a method is not registered, the next registered one takes its place."""
+    preferred = [m for m in QUICK_METHODS if m in METHODS]
+    others = [m for m in METHODS if m not in preferred]
+    return (preferred + others)[: len(QUICK_METHODS)]
+
+
+def _run_lifelong(args: argparse.Namespace) -> int:
+    defaults = QUICK if args.quick else FULL
+    count = args.concepts or defaults["concepts"]
+    methods = args.methods.split(",") if args.methods else (_quick_methods() if args.quick else list(METHODS))
+    config = SequenceConfig(
+        methods=tuple(m.strip() for m in methods if m.strip()),
+        steps=args.steps or defaults["steps"],
+        images_per_prompt=args.images_per_prompt or defaults["images_per_prompt"],
+        seed=args.seed,
+        sample_steps=args.sample_steps,
+    )
+    for method in config.methods:
+        get_method(method)  # a typo should fail now, not after loading models
+    concepts = load_concepts(args.concept_dir, count)
+    base = get_base(BaseConfig(model=args.model, device=args.device))
+    clip = EvalClip.load(args.eval_clip, base.device)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    setup = setup_record(config, base.name, args.eval_clip or "bundled", concepts)
+    results = run_sequence(base, clip, concepts, config, out, setup, resume=args.resume)
+    command = "python -m lifelong.bench " + shlex.join(args.argv)
+    names = [c.name for c in concepts]
+    write_report(out, results_json(setup, results) | {"command": command}, results, names, command)
+    print(f"wrote {out / 'results.json'}, {out / 'report.md'} and the plots")
+    return 0
+
+
+LIFELONG = Mode(
+    "", "concept sequences × methods: TA, IA matrix, IAD, TFR, base drift", _lifelong_arguments, _run_lifelong
+)
+MODES: list[Mode] = [LIFELONG]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lifelong.bench",
+        description="Benchmark lifelong learning methods on the bundled world or your own concepts.",
+    )
+    flags = parser.add_mutually_exclusive_group()
+    for mode in MODES:
+        if mode.flag:
+            flags.add_argument(f"--{mode.flag}", action="store_true", help=mode.help)
+    common = parser.add_argument_group("common options")
+    common.add_argument("--out", type=Path, required=True, help="folder for results.json, report.md, plots")
+    common.add_argument(
+        "--model", default="", help="hub id or folder of an SD-1.x pipeline (default: bundled)"
+    )
+    common.add_argument(
+        "--eval-clip", default="", help="CLIP folder or hub id (default: the bundled eval CLIP)"
+    )
+    common.add_argument("--device", default="", help="cpu, cuda, ... (default: what accelerate finds)")
+    common.add_argument("--methods", default="", help="comma-separated method names (default: all)")
+    common.add_argument("--steps", type=int, default=None, help="learning steps per concept")
+    common.add_argument("--seed", type=int, default=0)
+    for mode in MODES:
+        mode.add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    threads = os.environ.get("LIFELONG_TORCH_THREADS")
+    if threads:  # a shared machine caps our threads
+        torch.set_num_threads(int(threads))
+    mode = next((m for m in MODES if m.flag and getattr(args, m.flag.replace("-", "_"))), LIFELONG)
+    try:
+        return mode.run(args)
+    except (LifelongError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

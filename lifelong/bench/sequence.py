@@ -1,0 +1,338 @@
+"""The lifelong benchmark: learn a sequence of concepts with each method, measure forgetting after each one.
+
+For every method the same concepts are learned in the same order with the same seeds. After concept j the
+eval images of every concept i ≤ j are generated (fixed prompts, fixed seeds) and compared with concept i's
+reference images: that fills column j of the IA matrix. After the last concept, base-model prompts are
+generated again and compared with the base model's images (base drift). Per method the results are also
+written to ``methods/<method>.json`` so an interrupted run can be resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from lifelong.base import REPO_ROOT, BaseModel
+from lifelong.bench.resources import PeakMemory
+from lifelong.concepts import Session
+from lifelong.generate import GenerateConfig, generate
+from lifelong.intake import ImageSource, load_images, validate_name
+from lifelong.learner import LearnConfig, learn
+from lifelong.methods import get_method
+from lifelong.metrics import (
+    EvalClip,
+    FeatureCache,
+    forgetting,
+    image_alignment,
+    image_features,
+    paired_drift,
+    text_alignment,
+    text_features,
+)
+
+BUNDLED_CONCEPTS = REPO_ROOT / "assets" / "concepts"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+# Base-model prompts for the drift measure: scenes of the bundled world whose words any SD-1.x model also
+# reads as plain English; the benchmark's class words are added to them.
+DRIFT_SCENES = (
+    "a cat face on a blue background",
+    "a hamburger on a red background",
+    "a sailboat on a yellow background",
+    "a sunflower on a purple background",
+    "an elephant on a green background",
+    "a guitar on a white background",
+)
+EVAL_COLORS = ("blue", "yellow")
+
+
+@dataclass(frozen=True)
+class BenchConcept:
+    """A concept to learn: a valid concept name, an optional class word and its reference images."""
+
+    name: str
+    class_word: str
+    images: tuple[ImageSource, ...]
+
+    @property
+    def subject(self) -> str:
+        """What TA's text says instead of the token: the class word, else the name."""
+        return self.class_word or self.name.replace("_", " ").replace("-", " ")
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
+
+
+def load_concepts(folder: str | Path = BUNDLED_CONCEPTS, count: int | None = None) -> list[BenchConcept]:
+    """Concepts from ``folder``: its ``index.json`` ([{"name", "class_word"}], in order) if it has one,
+    else one subfolder of images per concept in name order (no class word). ``count`` takes the first ones.
+    """
+    folder = Path(folder)
+    index = folder / "index.json"
+    if index.exists():
+        entries = [(item["name"], item.get("class_word", "")) for item in json.loads(index.read_text())]
+    else:
+        entries = [(sub.name, "") for sub in sorted(folder.iterdir()) if sub.is_dir()]
+    concepts = []
+    for raw_name, class_word in entries:
+        images = sorted(p for p in (folder / raw_name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise ValueError(f"{folder / raw_name} holds no PNG, JPEG or WebP images.")
+        name = validate_name(raw_name.replace(" ", "_"))
+        concepts.append(BenchConcept(name, class_word, tuple(images)))
+    if count is not None:
+        if count > len(concepts):
+            raise ValueError(f"{folder} holds {len(concepts)} concepts; asked for {count}.")
+        concepts = concepts[:count]
+    return concepts
+
+
+def eval_prompts(concept: BenchConcept, colors: Sequence[str] = EVAL_COLORS) -> list[tuple[str, str]]:
+    """(prompt naming the concept's token, the same prompt for TA with the token replaced by its subject)."""
+    token = " ".join(f"<{concept.name}> {concept.class_word}".split())
+    pairs = [(f"a {token}", _article(concept.subject))]
+    pairs += [
+        (f"a {token} on a {color} background", f"{_article(concept.subject)} on a {color} background")
+        for color in colors
+    ]
+    return pairs
+
+
+def drift_prompts(concepts: Sequence[BenchConcept]) -> list[str]:
+    """Base-model prompts that name no concept: the class words, then the fixed scenes."""
+    words = dict.fromkeys(c.class_word for c in concepts if c.class_word)
+    return [*(f"{_article(word)} on a gray background" for word in words), *DRIFT_SCENES]
+
+
+@dataclass(frozen=True)
+class SequenceConfig:
+    """What one benchmark run fixes before any method is compared."""
+
+    methods: tuple[str, ...]
+    steps: int = 100  # learning steps per concept
+    images_per_prompt: int = 2
+    seed: int = 0
+    sample_steps: int = 20
+    guidance_scale: float = 5.0
+    colors: tuple[str, ...] = EVAL_COLORS
+
+
+@dataclass
+class MethodResult:
+    """One method's row of results.json (plus the file names of its before/after images)."""
+
+    TA: float  # mean TA of concept i's images right after learning it
+    TA_final: float  # mean TA of every concept's images after the last concept
+    IA_own: float  # mean IA(i, i)
+    IA_final: float  # mean IA(i, N)
+    IAD: float
+    TFR: float
+    base_drift: float  # 1 − mean cosine, base model vs final model, same prompts and seeds
+    IA_matrix: list[list[float | None]]
+    seconds_per_concept: float  # learning only, eval generation excluded
+    peak_memory_mb: float  # most memory held above the start while learning (see resources.PeakMemory)
+    eval_seconds: float
+    images: dict[str, str] = field(default_factory=dict)  # "<i>_after_<j>" -> path relative to --out
+
+
+Log = Callable[[str], None]
+
+
+class Evaluator:
+    """Generates and scores the fixed eval images; reference and base-model features are cached."""
+
+    def __init__(
+        self, base: BaseModel, clip: EvalClip, concepts: Sequence[BenchConcept], config: SequenceConfig
+    ) -> None:
+        self.base, self.clip, self.concepts, self.config = base, clip, concepts, config
+        self.cache = FeatureCache()
+
+    def generate_config(self, method: str | None = None) -> GenerateConfig:
+        """Plain sampling settings, with the method's own generation settings when it declares some."""
+        declared = getattr(get_method(method), "generate_settings", None) if method else None
+        values = dict(declared or {})
+        values.update(
+            steps=self.config.sample_steps,
+            guidance_scale=self.config.guidance_scale,
+            num_images=self.config.images_per_prompt,
+            seed=self.config.seed,
+        )
+        return GenerateConfig(**values)
+
+    def references(self, i: int) -> torch.Tensor:
+        concept = self.concepts[i]
+        return self.cache.get(
+            ("reference", concept.name),
+            lambda: image_features(self.clip, load_images(list(concept.images), self.base.resolution)),
+        )
+
+    def concept(
+        self, session: Session, i: int, checkpoint: int, method: str
+    ) -> tuple[float, float, Image.Image]:
+        """IA(i, checkpoint) and TA of concept i's eval images, and the first image (first prompt, seed)."""
+        config = self.generate_config(method)
+        images, texts = [], []
+        for prompt, ta_text in eval_prompts(self.concepts[i], self.config.colors):
+            images += generate(self.base, session, prompt, config, checkpoint)
+            texts += [ta_text] * config.num_images
+        features = image_features(self.clip, images)
+        ta = text_alignment(
+            features, self.cache.get(("text", *texts), lambda: text_features(self.clip, texts))
+        )
+        return image_alignment(features, self.references(i)), ta, images[0]
+
+    def drift_images(
+        self, session: Session, checkpoint: int | None, config: GenerateConfig
+    ) -> list[Image.Image]:
+        return [
+            image
+            for prompt in drift_prompts(self.concepts)
+            for image in generate(self.base, session, prompt, config, checkpoint)
+        ]
+
+    def base_drift(self, session: Session, method: str) -> float:
+        """1 − mean cosine between the base model's and the final model's images, prompt by prompt.
+
+        The base images use plain settings (no method ran on the base); the final model's use the method's.
+        """
+        plain = self.generate_config()
+        before = self.cache.get(
+            ("base-images",), lambda: image_features(self.clip, self.drift_images(session, 0, plain))
+        )
+        after = self.drift_images(session, None, self.generate_config(method))
+        return paired_drift(before, image_features(self.clip, after))
+
+
+def run_method(evaluator: Evaluator, method: str, out: Path, log: Log = print) -> MethodResult:
+    """Learn the whole sequence with ``method`` in a fresh session under ``out/sessions/<method>``."""
+    base, concepts, config = evaluator.base, evaluator.concepts, evaluator.config
+    root = out / "sessions" / method
+    shutil.rmtree(root, ignore_errors=True)
+    session = Session.create(root, base.name)
+    n = len(concepts)
+    matrix: list[list[float | None]] = [[None] * n for _ in range(n)]
+    ta_own, ta_final, seconds, peaks, eval_seconds = [0.0] * n, [0.0] * n, [], [], 0.0
+    images: dict[str, str] = {}
+    for j, concept in enumerate(concepts):
+        learn_config = LearnConfig(method=method, steps=config.steps, seed=config.seed)
+        with PeakMemory(base.device) as memory:
+            result = learn(
+                session, base, list(concept.images), concept.name, concept.class_word, learn_config
+            )
+        seconds.append(result.concept.seconds)
+        peaks.append(memory.peak_mb)
+        started = time.perf_counter()
+        for i in range(j + 1):
+            ia, ta, first = evaluator.concept(session, i, j + 1, method)
+            matrix[i][j] = ia
+            if i == j:
+                ta_own[i] = ta
+            if j == n - 1:
+                ta_final[i] = ta
+            if i == j or j == n - 1:
+                relative = f"images/{method}/{i}_after_{j}.png"
+                (out / relative).parent.mkdir(parents=True, exist_ok=True)
+                first.save(out / relative)
+                images[f"{i}_after_{j}"] = relative
+        eval_seconds += time.perf_counter() - started
+        row = " ".join(f"{matrix[i][j]:.3f}" for i in range(j + 1))
+        log(
+            f"[{method}] {j + 1}/{n} learned <{concept.name}> in {result.concept.seconds:.1f} s; "
+            f"IA(·, {j + 1}) = {row}"
+        )
+    started = time.perf_counter()
+    drift = evaluator.base_drift(session, method)
+    eval_seconds += time.perf_counter() - started
+    summary = forgetting(matrix)
+    return MethodResult(
+        TA=sum(ta_own) / n,
+        TA_final=sum(ta_final) / n,
+        IA_own=summary.ia_own,
+        IA_final=summary.ia_final,
+        IAD=summary.iad,
+        TFR=summary.tfr,
+        base_drift=drift,
+        IA_matrix=matrix,
+        seconds_per_concept=sum(seconds) / n,
+        peak_memory_mb=max(peaks),
+        eval_seconds=eval_seconds,
+        images=images,
+    )
+
+
+def _finite_or_none(value: object) -> object:
+    """JSON has no NaN: undefined numbers (IAD of a one-concept run) are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite_or_none(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    return value
+
+
+def setup_record(
+    config: SequenceConfig, model: str, eval_clip: str, concepts: Sequence[BenchConcept]
+) -> dict[str, object]:
+    """Everything fixed before comparing methods; a resumed method must have been run with the same."""
+    return {
+        "config": {k: v for k, v in asdict(config).items() if k != "methods"},
+        "model": model,
+        "eval_clip": eval_clip,
+        "concepts": [
+            {"name": c.name, "class_word": c.class_word, "images": [str(p) for p in c.images]}
+            for c in concepts
+        ],
+        "eval_prompts": {c.name: [p for p, _ in eval_prompts(c, config.colors)] for c in concepts},
+        "drift_prompts": drift_prompts(concepts),
+    }
+
+
+def run_sequence(
+    base: BaseModel,
+    clip: EvalClip,
+    concepts: Sequence[BenchConcept],
+    config: SequenceConfig,
+    out: Path,
+    setup: dict[str, object],
+    resume: bool = False,
+    log: Log = print,
+) -> dict[str, MethodResult]:
+    """Run every method of ``config`` on the sequence; returns results by method name."""
+    if len(concepts) > len(base.slot_token_ids):
+        raise ValueError(
+            f"the base holds {len(base.slot_token_ids)} concept slots; asked for {len(concepts)}."
+        )
+    for method in config.methods:
+        get_method(method)  # refuse an unknown method before hours of work, not after
+    evaluator = Evaluator(base, clip, concepts, config)
+    results = {}
+    for method in config.methods:
+        saved = out / "methods" / f"{method}.json"
+        if resume and saved.exists():
+            record = json.loads(saved.read_text())
+            if record.get("setup") == json.loads(json.dumps(_finite_or_none(setup))):
+                log(f"[{method}] reusing {saved}")
+                results[method] = MethodResult(
+                    **{k: math.nan if v is None else v for k, v in record["result"].items()}
+                )
+                continue
+        results[method] = run_method(evaluator, method, out, log)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        record = {"setup": setup, "result": asdict(results[method])}
+        saved.write_text(json.dumps(_finite_or_none(record), indent=2))
+    return results
+
+
+def results_json(setup: dict[str, object], results: dict[str, MethodResult]) -> dict[str, object]:
+    """The results.json document: the fixed setup, then per method its metrics."""
+    document = setup | {"methods": {name: asdict(result) for name, result in results.items()}}
+    return _finite_or_none(document)  # type: ignore[return-value]

@@ -1,0 +1,140 @@
+"""A miniature lifelong benchmark on the tiny pipeline and a tiny CLIP: schema, values, files, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import pattern_images
+from PIL import Image
+from tiny import tiny_pipeline
+from tiny_clip import tiny_clip
+
+from lifelong.bench.cli import main
+from lifelong.bench.report import write_report
+from lifelong.bench.sequence import (
+    BenchConcept,
+    SequenceConfig,
+    drift_prompts,
+    eval_prompts,
+    load_concepts,
+    results_json,
+    run_sequence,
+    setup_record,
+)
+from lifelong.methods import METHODS, Method
+
+KEYS = {"TA", "IA_final", "IAD", "TFR", "base_drift", "IA_matrix", "seconds_per_concept", "peak_memory_mb"}
+
+
+def _concepts() -> list[BenchConcept]:
+    blue = [Image.fromarray(np.asarray(im)[:, :, ::-1].copy()) for im in pattern_images(seed=1)]
+    return [
+        BenchConcept("rex", "dog", tuple(pattern_images())),
+        BenchConcept("mug", "mug", tuple(blue)),
+    ]
+
+
+@pytest.fixture(scope="module")
+def two_methods():
+    """finetune and a second real configuration of the learner (LoRA parameters instead of K/V)."""
+    METHODS["finetune-lora"] = Method("finetune-lora", "finetune with LoRA on K/V", kind="lora")
+    yield ("finetune", "finetune-lora")
+    del METHODS["finetune-lora"]
+
+
+@pytest.fixture(scope="module")
+def miniature(tiny_base, two_methods, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    config = SequenceConfig(
+        methods=two_methods, steps=3, images_per_prompt=1, sample_steps=2, colors=("blue",)
+    )
+    concepts = _concepts()
+    setup = setup_record(config, "tiny", "tiny-clip", concepts)
+    results = run_sequence(tiny_base, tiny_clip(), concepts, config, out, setup, log=lambda _: None)
+    document = results_json(setup, results)
+    write_report(out, document, results, [c.name for c in concepts], "pytest")
+    return out, config, concepts, setup, results
+
+
+def test_results_json_has_every_metric_per_method(miniature):
+    out, config, *_ = miniature
+    document = json.loads((out / "results.json").read_text())
+    assert set(document["methods"]) == set(config.methods)
+    for result in document["methods"].values():
+        assert set(result) >= KEYS
+        matrix = result["IA_matrix"]
+        assert len(matrix) == 2 and all(len(row) == 2 for row in matrix)
+        assert matrix[1][0] is None  # concept 2 did not exist after concept 1
+        for value in (matrix[0][0], matrix[0][1], matrix[1][1]):
+            assert math.isfinite(value) and -1.0 <= value <= 1.0
+        assert result["IAD"] == pytest.approx(matrix[0][0] - matrix[0][1])
+        assert result["TFR"] == pytest.approx((matrix[0][0] - matrix[0][1]) / matrix[0][0])
+        assert -1.0 <= result["TA"] <= 1.0 and 0.0 <= result["base_drift"] <= 2.0
+        assert result["seconds_per_concept"] > 0 and result["peak_memory_mb"] >= 0
+    assert document["drift_prompts"][:2] == ["a dog on a gray background", "a mug on a gray background"]
+
+
+def test_learning_changes_what_the_final_model_draws(miniature):
+    *_, results = miniature
+    assert all(result.base_drift > 0 for result in results.values())
+
+
+def test_report_and_plots_are_written(miniature):
+    out, config, *_ = miniature
+    report = (out / "report.md").read_text()
+    for method in config.methods:
+        assert f"| {method} |" in report
+        assert Image.open(out / f"ia_matrix_{method}.png").size[0] > 100
+    assert Image.open(out / "forgetting_curves.png").size[0] > 100
+    grid = Image.open(out / "before_after.png")
+    assert grid.size[1] >= 2 * len(config.methods) * 96  # two rows of images per method
+
+
+def test_resume_reuses_finished_methods(tiny_base, miniature):
+    out, config, concepts, setup, results = miniature
+    logs = []
+    again = run_sequence(tiny_base, tiny_clip(), concepts, config, out, setup, resume=True, log=logs.append)
+    assert again == results
+    assert len(logs) == len(config.methods) and all("reusing" in line for line in logs)
+
+
+def test_prompts_name_the_token_and_ta_text_names_the_class():
+    concept = BenchConcept("octopus", "animal", ())
+    assert eval_prompts(concept, ("blue",)) == [
+        ("a <octopus> animal", "an animal"),
+        ("a <octopus> animal on a blue background", "an animal on a blue background"),
+    ]
+    assert eval_prompts(BenchConcept("my-cup", "", ()), ())[0] == ("a <my-cup>", "a my cup")
+    assert all("<" not in prompt for prompt in drift_prompts([concept]))
+
+
+def test_cli_on_saved_model_and_a_folder_of_concepts(tmp_path, capsys):
+    model, clip = tmp_path / "model", tmp_path / "clip"
+    tiny_pipeline(seed=3).save_pretrained(model)
+    evaluation = tiny_clip()
+    for part in (evaluation.model, evaluation.image_processor, evaluation.tokenizer):
+        part.save_pretrained(clip)
+    for concept in _concepts():
+        folder = tmp_path / "mine" / concept.name
+        folder.mkdir(parents=True)
+        for k, image in enumerate(concept.images):
+            image.save(folder / f"{k}.png")
+    assert [c.name for c in load_concepts(tmp_path / "mine")] == ["mug", "rex"]
+    out = tmp_path / "out"
+    args = ["--model", str(model), "--eval-clip", str(clip), "--concept-dir", str(tmp_path / "mine")]
+    args += ["--concepts", "2", "--methods", "finetune", "--steps", "2", "--sample-steps", "2"]
+    args += ["--images-per-prompt", "1", "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    document = json.loads((out / "results.json").read_text())
+    assert list(document["methods"]) == ["finetune"]
+    assert document["command"].startswith("python -m lifelong.bench --model")
+    assert "[finetune] 2/2 learned <rex>" in capsys.readouterr().out
+
+
+def test_cli_refuses_an_unknown_method_before_learning(tmp_path, capsys):
+    code = main(["--methods", "finetune,nope", "--concepts", "1", "--out", str(tmp_path), "--device", "cpu"])
+    assert code == 2 and "nope" in capsys.readouterr().err
+    assert not (tmp_path / "sessions").exists()
