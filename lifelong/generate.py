@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from lifelong.adapters import use_state
+from lifelong.attention import AttentionControl, AttentionRecord, attention_control
 from lifelong.base import BaseModel
 from lifelong.concepts import Session
 from lifelong.encoding import decode, encode_text
@@ -31,6 +32,14 @@ class GenerateConfig:
     negative_prompt: str = ""
     num_images: int = 1
     seed: int = 0  # image i uses seed + i
+    # multi-concept attention (lifelong.attention): only for prompts naming two or more concepts
+    caa: bool = True  # each concept gets a strong attention peak; each location goes to one concept
+    oaa: bool = True  # concepts' (and other concepts' attributes') attention maps kept apart
+    attention_steps: int = 10  # guided steps at the start of sampling
+    attention_step_size: float = 20.0
+    caa_threshold: float = 0.8  # peak attention (share of the words at a location) each concept should reach
+    oaa_threshold: float = 0.0  # overlap of normalised maps tolerated between concepts
+    attention_res: int = 0  # side of the attention grid to use; 0 = automatic
 
 
 def _check(prompt: str, config: GenerateConfig) -> None:
@@ -59,8 +68,12 @@ def denoise(
     uncond: torch.Tensor,
     config: GenerateConfig,
     progress: ProgressFn | None = None,
+    attention: AttentionControl | None = None,
 ) -> torch.Tensor:
-    """DDIM with classifier-free guidance from pure noise (``latents``) to clean latents."""
+    """DDIM with classifier-free guidance from pure noise (``latents``) to clean latents.
+
+    ``attention`` (CAA/OAA) may move the latents before each step's noise prediction.
+    """
     unet = base.pipe.unet
     scheduler = base.sampling_scheduler()
     scheduler.set_timesteps(config.steps, device=base.device)
@@ -68,6 +81,8 @@ def denoise(
     batch = len(latents)
     embeddings = torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)])
     for index, t in enumerate(scheduler.timesteps):
+        if attention is not None:
+            latents = attention.guide(index, t, latents, scheduler)
         model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t).to(unet.dtype)
         eps_uncond, eps_cond = unet(model_input, t, embeddings).sample.float().chunk(2)
         eps = eps_uncond + config.guidance_scale * (eps_cond - eps_uncond)
@@ -84,8 +99,12 @@ def generate(
     config: GenerateConfig | None = None,
     checkpoint: int | None = None,
     progress: ProgressFn | None = None,
+    record: AttentionRecord | None = None,
 ) -> list[Image.Image]:
-    """Images for ``prompt`` (which may name concepts as ``<name>``) at ``checkpoint`` (None = latest)."""
+    """Images for ``prompt`` (which may name concepts as ``<name>``) at ``checkpoint`` (None = latest).
+
+    ``record``, if given, receives the generation's cross-attention maps (see lifelong.attention).
+    """
     config = config or GenerateConfig()
     _check(prompt, config)
     k = session.resolve(checkpoint)
@@ -94,5 +113,6 @@ def generate(
     seeds = [config.seed + i for i in range(config.num_images)]
     with use_state(base, session.state(k, base.slot_token_ids)), torch.no_grad():
         cond, uncond = encode_text(base, [text]), encode_text(base, [negative])
-        latents = denoise(base, initial_noise(base, seeds), cond, uncond, config, progress)
+        with attention_control(base, text, session.names()[:k], cond, config, record) as control:
+            latents = denoise(base, initial_noise(base, seeds), cond, uncond, config, progress, control)
         return decode(base, latents)
