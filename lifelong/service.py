@@ -1,0 +1,373 @@
+"""The app's logic without the UI: one workspace folder per user, each holding one Session.
+
+``Studio`` is what the Gradio app calls: learn / generate / compare before-and-after / export / import /
+reset, and the timeline of what a user has learned. It knows nothing about Gradio; the user key is any
+short token (the app passes Gradio's session hash). Workspaces live under ``root`` (env
+``LIFELONG_SESSIONS_DIR``, default a folder in the system temp dir) and are swept when unused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from lifelong.adapters import target_module_names
+from lifelong.base import BUNDLED_EVAL_CLIP, BaseModel
+from lifelong.concepts import Concept, Session
+from lifelong.errors import ImageCountError, LifelongError, SessionFormatError
+from lifelong.generate import GenerateConfig, generate
+from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource, load_images
+from lifelong.learner import LearnConfig, learn
+from lifelong.metrics import EvalClip, image_alignment, image_features
+from lifelong.progress import ProgressFn
+
+SESSIONS_ENV = "LIFELONG_SESSIONS_DIR"
+SESSION_MAX_AGE_S = 24 * 3600  # a workspace untouched this long belongs to a tab that is gone
+_USER_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def sessions_root() -> Path:
+    return Path(os.environ.get(SESSIONS_ENV) or Path(tempfile.gettempdir()) / "lifelong-sessions")
+
+
+class Scorer(Protocol):
+    """Image alignment IA: mean CLIP cosine between generated images and a concept's reference images."""
+
+    def image_alignment(
+        self, generated: Sequence[Image.Image], references: Sequence[Image.Image]
+    ) -> float: ...
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    index: int  # checkpoint index: 1 = the first concept learned
+    name: str
+    class_word: str
+    method: str
+    seconds: float
+    thumbnail: Path
+
+    @property
+    def token(self) -> str:
+        return f"<{self.name}>"
+
+    @property
+    def caption(self) -> str:
+        return f"{self.index}. {self.token} · {self.method} · {self.seconds:.1f} s"
+
+
+@dataclass
+class Comparison:
+    """One earlier concept: its image right after it was learned and now, same prompt and seed."""
+
+    index: int
+    name: str
+    prompt: str
+    after: Image.Image
+    now: Image.Image
+    ia_after: float | None = None
+    ia_now: float | None = None
+
+    @property
+    def ia_drop(self) -> float | None:
+        if self.ia_after is None or self.ia_now is None:
+            return None
+        return self.ia_after - self.ia_now
+
+
+@dataclass
+class ForgettingReport:
+    comparisons: list[Comparison]
+    matrix: np.ndarray | None  # IA(i, j): concept i (rows) at checkpoint j (columns), NaN where j < i
+    note: str  # what the report shows and, when IA is missing, why
+    names: list[str] = field(default_factory=list)
+
+
+def upload_notes(sources: Sequence[ImageSource]) -> list[str]:
+    """What will happen to uploaded images that are usable but not ideal (count, transparency, size...)."""
+    notes = []
+    if len(sources) < 3:
+        notes.append(f"{len(sources)} image(s): learning works, but {RECOMMENDED} images work best.")
+    elif len(sources) > 5:
+        notes.append(f"{len(sources)} images: learning works, but {RECOMMENDED} are enough.")
+    for index, source in enumerate(sources):
+        label = Path(source).name if isinstance(source, str | Path) else f"image {index + 1}"
+        try:
+            image = source if isinstance(source, Image.Image) else Image.open(source)
+        except (OSError, ValueError):
+            continue  # load_images names unreadable files with the exact reason
+        changes = []
+        if getattr(image, "n_frames", 1) > 1:
+            changes.append("only its first frame is used")
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            changes.append("transparent areas become white")
+        if image.mode in ("CMYK", "I;16", "I;16B", "I;16L", "I", "F"):
+            changes.append(f"its {image.mode} pixels are converted to RGB")
+        if max(image.size) > WORKING_SIDE:
+            changes.append(f"it is shrunk from {image.width}×{image.height} px")
+        if image.width != image.height:
+            changes.append("it is centre-cropped to a square")
+        if changes:
+            notes.append(f"{label}: {', '.join(changes)}.")
+    return notes
+
+
+def _check_compatible(session: Session, base: BaseModel) -> None:
+    """Refuse a session whose deltas do not fit this base (learned on another model)."""
+    unet = base.pipe.unet
+    targets = set(target_module_names(unet))
+    width = base.pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    if len(session.concepts) > len(base.slot_token_ids):
+        raise SessionFormatError(
+            f"this session has {len(session.concepts)} concepts; this app holds at most "
+            f"{len(base.slot_token_ids)}."
+        )
+    for index in range(1, len(session.concepts) + 1):
+        delta, _ = session.checkpoint(index)
+        fits = delta.embedding.shape[-1] == width and all(
+            module in targets and delta.dense(module).shape == unet.get_submodule(module).weight.shape
+            for module in delta.modules()
+        )
+        if not fits:
+            raise SessionFormatError(
+                f"this session was learned on another base model ({session.base_model or 'unknown'}); "
+                f"this app runs {base.name}. Import it into an app running that model."
+            )
+
+
+class Studio:
+    """Per-user sessions on one shared base model."""
+
+    def __init__(
+        self,
+        base: BaseModel,
+        root: str | Path | None = None,
+        scorer: Scorer | None = None,
+        scorer_note: str = "",
+    ) -> None:
+        self.base = base
+        self.root = Path(root) if root is not None else sessions_root()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.scorer = scorer
+        self.scorer_note = scorer_note  # why there is no scorer, shown instead of IA numbers
+        self._locks: dict[str, threading.RLock] = {}
+        self._cancels: dict[str, threading.Event] = {}
+        self._sessions: dict[str, Session] = {}
+        self._guard = threading.Lock()
+
+    # --- workspaces ---------------------------------------------------------------------------------
+
+    def folder(self, user: str) -> Path:
+        if not _USER_KEY.match(user or ""):
+            raise SessionFormatError("this browser session has no valid id; reload the page.")
+        return self.root / user
+
+    def _lock(self, user: str) -> threading.RLock:
+        with self._guard:
+            return self._locks.setdefault(user, threading.RLock())
+
+    def cancel_event(self, user: str) -> threading.Event:
+        with self._guard:
+            return self._cancels.setdefault(user, threading.Event())
+
+    def cancel(self, user: str) -> None:
+        """Ask a running learn of this user to stop at its next step."""
+        self.cancel_event(user).set()
+
+    def session(self, user: str) -> Session:
+        with self._lock(user):
+            if user not in self._sessions:
+                folder = self.folder(user)
+                self._sessions[user] = Session.create(folder / "session", self.base.name)
+            session = self._sessions[user]
+            os.utime(self.folder(user))  # the sweep keeps workspaces in use
+            return session
+
+    def drop(self, user: str) -> None:
+        """Forget a user's workspace (their tab closed); an exported file is all that remains."""
+        with self._lock(user):
+            self._sessions.pop(user, None)
+            shutil.rmtree(self.folder(user), ignore_errors=True)
+        with self._guard:
+            self._locks.pop(user, None)
+            self._cancels.pop(user, None)
+
+    def sweep(self, max_age_s: float = SESSION_MAX_AGE_S) -> list[str]:
+        """Remove workspaces untouched for ``max_age_s`` (tabs that closed without telling us)."""
+        now = time.time()
+        removed = []
+        for folder in self.root.iterdir():
+            if folder.is_dir() and now - folder.stat().st_mtime > max_age_s:
+                self.drop(folder.name)
+                removed.append(folder.name)
+        return removed
+
+    # --- what a user sees ---------------------------------------------------------------------------
+
+    def timeline(self, user: str) -> list[TimelineEntry]:
+        session = self.session(user)
+        return [
+            TimelineEntry(
+                index,
+                concept.name,
+                concept.class_word,
+                concept.method,
+                concept.seconds,
+                session.root / concept.images[0],
+            )
+            for index, concept in enumerate(session.concepts, start=1)
+        ]
+
+    def tokens(self, user: str) -> list[str]:
+        return [f"<{name}>" for name in self.session(user).names()]
+
+    # --- jobs ---------------------------------------------------------------------------------------
+
+    def learn(
+        self,
+        user: str,
+        images: Sequence[ImageSource],
+        name: str,
+        class_word: str,
+        config: LearnConfig,
+        progress: ProgressFn | None = None,
+    ) -> Concept:
+        """Learn the next concept; a cancel (``cancel(user)``) or bad input leaves the session as it was."""
+        if not images:
+            raise ImageCountError(f"Add {RECOMMENDED} images of the concept first.")
+        cancel = self.cancel_event(user)
+        cancel.clear()
+        with self._lock(user):
+            session = self.session(user)
+            load_images(images, self.base.resolution)  # every file checked before a step is spent
+            return learn(
+                session, self.base, images, name, class_word, config, progress=progress, cancel=cancel
+            ).concept
+
+    def generate(
+        self,
+        user: str,
+        prompt: str,
+        config: GenerateConfig,
+        checkpoint: int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[Image.Image]:
+        with self._lock(user):
+            return generate(self.base, self.session(user), prompt, config, checkpoint, progress)
+
+    def forgetting(
+        self, user: str, config: GenerateConfig, progress: Callable[[int, int], None] | None = None
+    ) -> ForgettingReport:
+        """Each earlier concept at its own checkpoint and at the latest one, same prompt and seeds.
+
+        With a scorer, also IA(i, j) for every checkpoint j ≥ i (the forgetting matrix).
+        """
+        with self._lock(user):
+            session = self.session(user)
+            count = len(session.concepts)
+            names = session.names()
+            if count < 2:
+                return ForgettingReport(
+                    [], None, "Learn at least two concepts: forgetting shows on the earlier ones.", names
+                )
+            rows = range(1, count + 1) if self.scorer else range(1, count)
+            jobs = [
+                (i, j) for i in rows for j in (range(i, count + 1) if self.scorer else sorted({i, count}))
+            ]
+            matrix = np.full((count, count), np.nan) if self.scorer else None
+            images: dict[tuple[int, int], list[Image.Image]] = {}
+            for done, (i, j) in enumerate(jobs):
+                images[i, j] = generate(self.base, session, session.concepts[i - 1].prompts[0], config, j)
+                if self.scorer is not None and matrix is not None:
+                    matrix[i - 1, j - 1] = self.scorer.image_alignment(images[i, j], session.images(i))
+                if progress is not None:
+                    progress(done + 1, len(jobs))
+            comparisons = []
+            for i in range(1, count):
+                comparison = Comparison(
+                    i, names[i - 1], session.concepts[i - 1].prompts[0], images[i, i][0], images[i, count][0]
+                )
+                if matrix is not None:
+                    comparison.ia_after = float(matrix[i - 1, i - 1])
+                    comparison.ia_now = float(matrix[i - 1, count - 1])
+                comparisons.append(comparison)
+            note = (
+                f"Same prompt and seed {config.seed}; IA = mean CLIP image similarity to the concept's own "
+                f"images over {config.num_images} image(s)."
+                if self.scorer
+                else f"Same prompt and seed {config.seed}. No IA numbers: {self.scorer_note}"
+            )
+            return ForgettingReport(comparisons, matrix, note, names)
+
+    # --- files --------------------------------------------------------------------------------------
+
+    def export(self, user: str) -> Path:
+        """The whole session as one zip file in the user's workspace (replaced on every export)."""
+        with self._lock(user):
+            session = self.session(user)
+            if not session.concepts:
+                raise SessionFormatError("Nothing to export yet: learn a concept first.")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            out = self.folder(user) / "export"
+            shutil.rmtree(out, ignore_errors=True)
+            return session.export(out / f"lifelong-session-{stamp}.zip")
+
+    def import_file(self, user: str, path: str | Path) -> Session:
+        """Replace the user's session by an exported one; if the file is refused, nothing changes."""
+        with self._lock(user):
+            folder = self.folder(user)
+            folder.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".import.", dir=folder))
+            try:
+                session = Session.import_file(path, staging / "session")
+                _check_compatible(session, self.base)
+                current = folder / "session"
+                old = folder / ".replaced"
+                shutil.rmtree(old, ignore_errors=True)
+                if current.exists():
+                    current.rename(old)
+                (staging / "session").rename(current)
+                shutil.rmtree(old, ignore_errors=True)
+            except LifelongError:
+                raise
+            except (OSError, ValueError) as error:
+                raise SessionFormatError(f"{Path(path).name} could not be imported ({error}).") from error
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            self._sessions.pop(user, None)
+            return self.session(user)
+
+    def reset(self, user: str) -> None:
+        """Start this user over with an empty session."""
+        with self._lock(user):
+            self._sessions.pop(user, None)
+            shutil.rmtree(self.folder(user) / "session", ignore_errors=True)
+            self.session(user)
+
+
+class ClipScorer:
+    """IA with an evaluation CLIP (lifelong.metrics)."""
+
+    def __init__(self, clip: EvalClip) -> None:
+        self.clip = clip
+
+    def image_alignment(self, generated: Sequence[Image.Image], references: Sequence[Image.Image]) -> float:
+        return image_alignment(image_features(self.clip, generated), image_features(self.clip, references))
+
+
+def default_scorer() -> tuple[Scorer | None, str]:
+    """The IA scorer on the bundled eval CLIP, or None and the reason it is unavailable."""
+    if not BUNDLED_EVAL_CLIP.exists():
+        return None, "the evaluation CLIP (assets/eval-clip) is not installed in this copy."
+    return ClipScorer(EvalClip.load(BUNDLED_EVAL_CLIP)), ""

@@ -1,0 +1,356 @@
+"""Event handlers of the Gradio app: from component values to ``Studio`` calls and back.
+
+``app.py`` builds the layout and wires these. Every handler turns a :class:`~lifelong.errors.LifelongError`
+into a ``gr.Error`` with its message, so a user reads what to do and never a traceback. The jobs that use
+the model run under ``@spaces.GPU`` (a no-op off a ZeroGPU Space) with a duration computed from their
+settings; what crosses into them is plain data (strings, paths, config dataclasses), and they find the
+model through ``_STUDIOS``, which a ZeroGPU worker inherits when it forks.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import gradio as gr
+import spaces
+from PIL import Image
+
+from lifelong.base import REPO_ROOT
+from lifelong.errors import Cancelled, LifelongError
+from lifelong.generate import GenerateConfig
+from lifelong.intake import load_images
+from lifelong.learner import LearnConfig
+from lifelong.methods import DEFAULT_METHOD, METHODS
+from lifelong.progress import Progress
+from lifelong.service import ForgettingReport, Studio, upload_notes
+from lifelong.ui_forms import Form
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
+EXAMPLES_DIR = REPO_ROOT / "assets" / "concepts"
+GPU_SECONDS_PER_SAMPLE = 0.08  # one training sample (or one denoising step of one image) on a Space GPU
+_STUDIOS: dict[str, Studio] = {}
+TRACKER = gr.Progress()  # the default that tells Gradio to pass a progress tracker to a handler
+
+
+def register(studio: Studio) -> str:
+    """A picklable key for ``studio``, so GPU jobs receive the key rather than the model."""
+    key = str(id(studio))
+    _STUDIOS[key] = studio
+    return key
+
+
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Show LifelongError as gr.Error; log anything unexpected and show a short message instead."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except LifelongError as error:
+            raise gr.Error(str(error)) from None
+        except FloatingPointError as error:
+            raise gr.Error(f"{error} Nothing was changed.") from None
+        except Exception as error:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(
+                f"Something went wrong ({type(error).__name__}); nothing learned was lost. "
+                "Try again, or export your session and reload the page."
+            ) from None
+
+    return wrapper
+
+
+def _paths(gallery: Sequence[Any] | None) -> list[str]:
+    """File paths out of a Gallery value (a list of (path, caption) pairs)."""
+    return [str(item[0] if isinstance(item, tuple | list) else item) for item in gallery or []]
+
+
+def _describe(progress: Progress) -> str:
+    eta = "" if math.isnan(progress.eta_seconds) else f" · ETA {progress.eta_seconds:.0f} s"
+    loss = "" if math.isnan(progress.loss) else f" · loss {progress.loss:.4f}"
+    return f"{progress.message} · step {progress.step}/{progress.total}{loss}{eta}"
+
+
+def _reporter(bar: gr.Progress) -> Callable[[Progress], None]:
+    return lambda p: bar((p.step, p.total), desc=_describe(p), unit="steps")
+
+
+# --- example concepts -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Example:
+    name: str
+    class_word: str
+    images: list[str]
+
+
+def examples(limit: int = 4) -> list[Example]:
+    """Held-out emoji concepts shipped in assets/concepts (the base model never saw them)."""
+    index = EXAMPLES_DIR / "index.json"
+    if not index.exists():
+        return []
+    found = []
+    for entry in json.loads(index.read_text()):
+        images = sorted(str(p) for p in (EXAMPLES_DIR / entry["name"]).glob("*.png"))[:4]
+        if images:
+            found.append(Example(entry["name"], entry.get("class_word", ""), images))
+    return found[:limit]
+
+
+# --- what the page shows --------------------------------------------------------------------------------
+
+
+def method_choices() -> list[tuple[str, str]]:
+    return [(name, name) for name in METHODS]
+
+
+def method_help(name: str) -> str:
+    method = METHODS.get(name)
+    return f"**{name}**: {method.description}" if method else ""
+
+
+def timeline_view(studio: Studio, user: str) -> list[tuple[str, str]]:
+    return [(str(entry.thumbnail), entry.caption) for entry in studio.timeline(user)]
+
+
+def chips_view(studio: Studio, user: str) -> gr.Dataset:
+    return gr.Dataset(samples=[[token] for token in studio.tokens(user)])
+
+
+def refresh(studio: Studio, user: str) -> tuple[list[tuple[str, str]], gr.Dataset, str]:
+    timeline = studio.timeline(user)
+    status = (
+        f"This session holds {len(timeline)} concept(s): "
+        + ", ".join(entry.token for entry in timeline)
+        + ". Use them in prompts as written."
+        if timeline
+        else "No concepts yet: upload 3–5 images (or click an example) and press **Learn concept**."
+    )
+    return timeline_view(studio, user), chips_view(studio, user), status
+
+
+def heatmap(report: ForgettingReport) -> Image.Image | None:
+    """The IA matrix as an image: rows = concepts, columns = checkpoints after which they were sampled."""
+    if report.matrix is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = len(report.names)
+    figure, axis = plt.subplots(figsize=(1.2 + 0.7 * count, 0.9 + 0.6 * count), dpi=110)
+    shown = axis.imshow(report.matrix, cmap="viridis")
+    axis.set_xticks(range(count), [str(j + 1) for j in range(count)])
+    axis.set_yticks(range(count), [f"<{name}>" for name in report.names])
+    axis.set_xlabel("after learning concept #")
+    for i in range(count):
+        for j in range(i, count):
+            axis.text(j, i, f"{report.matrix[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+    figure.colorbar(shown, ax=axis, label="IA")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return Image.open(buffer).convert("RGB")
+
+
+# --- GPU jobs (plain-data arguments; durations from the settings) ----------------------------------------
+
+
+def _learn_duration(
+    key: str,
+    user: str,
+    images: list[str],
+    name: str,
+    class_word: str,
+    config: LearnConfig,
+    progress: gr.Progress,
+) -> int:  # noqa: E501
+    samples = config.steps * config.batch_size * max(1, config.gradient_accumulation)
+    return int(30 + samples * GPU_SECONDS_PER_SAMPLE)
+
+
+@spaces.GPU(duration=_learn_duration)
+def learn_job(
+    key: str,
+    user: str,
+    images: list[str],
+    name: str,
+    class_word: str,
+    config: LearnConfig,
+    progress: gr.Progress,
+) -> str:
+    concept = _STUDIOS[key].learn(user, images, name, class_word, config, _reporter(progress))
+    return f"Learned **{concept.token}** with {concept.method} in {concept.seconds:.1f} s."
+
+
+def _generate_duration(
+    key: str, user: str, prompt: str, config: GenerateConfig, progress: gr.Progress
+) -> int:
+    return int(15 + 2 * config.steps * config.num_images * GPU_SECONDS_PER_SAMPLE)
+
+
+@spaces.GPU(duration=_generate_duration)
+def generate_job(
+    key: str, user: str, prompt: str, config: GenerateConfig, progress: gr.Progress
+) -> list[Image.Image]:
+    return _STUDIOS[key].generate(user, prompt, config, progress=_reporter(progress))
+
+
+def _forgetting_duration(key: str, user: str, config: GenerateConfig, progress: gr.Progress) -> int:
+    count = len(_STUDIOS[key].session(user).concepts)
+    generations = count * (count + 1) // 2
+    return int(15 + 2 * generations * config.steps * config.num_images * GPU_SECONDS_PER_SAMPLE)
+
+
+@spaces.GPU(duration=_forgetting_duration)
+def forgetting_job(key: str, user: str, config: GenerateConfig, progress: gr.Progress) -> ForgettingReport:
+    def report(done: int, total: int) -> None:
+        progress((done, total), desc=f"comparing checkpoints · image set {done}/{total}", unit="sets")
+
+    return _STUDIOS[key].forgetting(user, config, report)
+
+
+def forgetting_view(
+    report: ForgettingReport,
+) -> tuple[list[tuple[Image.Image, str]], Image.Image | None, str]:
+    pairs: list[tuple[Image.Image, str]] = []
+    for item in report.comparisons:
+        drop = "" if item.ia_drop is None else f" · IA {item.ia_now:.3f} (drop {item.ia_drop:+.3f})"
+        pairs.append((item.after, f"<{item.name}> right after learning it (checkpoint {item.index})"))
+        pairs.append((item.now, f"<{item.name}> now (checkpoint {len(report.names)}){drop}"))
+    return pairs, heatmap(report), report.note
+
+
+# --- handlers wired by app.py ---------------------------------------------------------------------------
+
+
+class Handlers:
+    """The app's events, bound to one Studio and to the components whose values they read.
+
+    Inputs arrive as ``{component: value}`` dicts (app.py passes input sets), so a field added to
+    LearnConfig or GenerateConfig reaches the job without touching the wiring.
+    """
+
+    def __init__(
+        self,
+        studio: Studio,
+        images: gr.Gallery,
+        name: gr.Textbox,
+        class_word: gr.Textbox,
+        method: gr.Dropdown,
+        learn_form: Form[LearnConfig],
+        prompt: gr.Textbox,
+        generate_form: Form[GenerateConfig],
+    ) -> None:
+        self.studio = studio
+        self.key = register(studio)
+        self.images, self.name, self.class_word, self.method = images, name, class_word, method
+        self.learn_form, self.prompt, self.generate_form = learn_form, prompt, generate_form
+
+    @property
+    def learn_inputs(self) -> set[gr.components.Component]:
+        return {self.images, self.name, self.class_word, self.method, *self.learn_form.components}
+
+    @property
+    def generate_inputs(self) -> set[gr.components.Component]:
+        return {self.prompt, *self.generate_form.components}
+
+    @user_errors
+    def load(self, request: gr.Request) -> tuple[list[tuple[str, str]], gr.Dataset, str]:
+        self.studio.sweep()
+        return refresh(self.studio, request.session_hash)
+
+    def unload(self, request: gr.Request) -> None:
+        self.studio.drop(request.session_hash)
+
+    def check_images(self, images: list[Any] | None) -> None:
+        """Warn right after an upload about anything that will not work or will be changed."""
+        paths = _paths(images)
+        if not paths:
+            return
+        try:
+            load_images(paths, self.studio.base.resolution)
+        except LifelongError as error:
+            gr.Warning(f"{error} Remove it and add another image.")
+            return
+        for note in upload_notes(paths):
+            gr.Warning(note)
+
+    @user_errors
+    def learn(
+        self, data: dict[Any, Any], request: gr.Request, progress: gr.Progress = TRACKER
+    ) -> tuple[list[tuple[str, str]], gr.Dataset, str]:
+        user = request.session_hash
+        paths = _paths(data[self.images])
+        config = self.learn_form.parse_dict(data, method=data[self.method] or DEFAULT_METHOD)
+        for note in upload_notes(paths):
+            gr.Warning(note)
+        try:
+            message = learn_job(
+                self.key, user, paths, data[self.name], data[self.class_word], config, progress
+            )
+        except Cancelled as error:
+            gr.Warning(str(error))
+            timeline, chips, status = refresh(self.studio, user)
+            return timeline, chips, f"Cancelled: {error}"
+        timeline, chips, status = refresh(self.studio, user)
+        return timeline, chips, f"{message} {status}"
+
+    def cancel(self, request: gr.Request) -> None:
+        self.studio.cancel(request.session_hash)
+        gr.Info("Cancelling: learning stops after the current step.")
+
+    @user_errors
+    def generate(
+        self, data: dict[Any, Any], request: gr.Request, progress: gr.Progress = TRACKER
+    ) -> list[Image.Image]:
+        config = self.generate_form.parse_dict(data)
+        return generate_job(self.key, request.session_hash, data[self.prompt], config, progress)
+
+    @user_errors
+    def forgetting(
+        self, data: dict[Any, Any], request: gr.Request, progress: gr.Progress = TRACKER
+    ) -> tuple[list[tuple[Image.Image, str]], Image.Image | None, str]:
+        config = self.generate_form.parse_dict(data)
+        return forgetting_view(forgetting_job(self.key, request.session_hash, config, progress))
+
+    @user_errors
+    def export(self, request: gr.Request) -> str:
+        path = self.studio.export(request.session_hash)
+        gr.Info("Exported: keep this file. Importing it restores the session, also after a server restart.")
+        return str(path)
+
+    @user_errors
+    def import_file(
+        self, file: str | None, request: gr.Request
+    ) -> tuple[list[tuple[str, str]], gr.Dataset, str]:
+        if not file:
+            raise gr.Error("Choose an exported session file (.zip) to import.")
+        session = self.studio.import_file(request.session_hash, file)
+        gr.Info(f"Imported {len(session.concepts)} concept(s).")
+        return refresh(self.studio, request.session_hash)
+
+    @user_errors
+    def reset(self, request: gr.Request) -> tuple[list[tuple[str, str]], gr.Dataset, str]:
+        self.studio.reset(request.session_hash)
+        return refresh(self.studio, request.session_hash)
+
+
+def insert_token(sample: Any, prompt: str) -> str:
+    """Append a clicked concept chip to the prompt."""
+    token = sample[0] if isinstance(sample, list | tuple) else str(sample)
+    return f"{prompt.rstrip()} {token}".strip() if prompt else f"a {token}"

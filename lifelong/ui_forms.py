@@ -1,0 +1,101 @@
+"""Gradio forms generated from config dataclasses, so a new field shows up in the UI by itself.
+
+``Form.build(LearnConfig)`` makes one component per field (bool → checkbox, int/float → number or slider,
+str → textbox, the ``settings`` dict → a ``key=value`` box) with the field's source comment as its help
+text; ``form.parse(*values)`` turns the components' values back into a config through
+:func:`lifelong.overrides.override`, the same path the CLI's ``--set`` takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, get_type_hints
+
+import gradio as gr
+
+from lifelong.overrides import override, parse_pairs
+
+C = TypeVar("C")
+_COMMENT = re.compile(r"^[ \t]+(\w+)[ \t]*:[^=#\n]+=[^#\n]*#[ \t]*(.+)$", re.MULTILINE)
+# slider ranges for fields whose sensible range is known; any other number is a free number box
+RANGES: dict[str, tuple[float, float, float]] = {
+    "steps": (1, 1000, 1),
+    "num_images": (1, 16, 1),
+    "guidance_scale": (0.0, 20.0, 0.5),
+    "icgen_strength": (0.0, 1.0, 0.05),
+    "lora_rank": (1, 64, 1),
+}
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The trailing ``# comment`` of each field in the dataclass's source."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    return {name: comment.strip() for name, comment in _COMMENT.findall(source)}
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ").capitalize()
+
+
+def _component(name: str, hint: Any, default: Any, info: str | None) -> gr.components.Component:
+    label = _label(name)
+    if hint is bool:
+        return gr.Checkbox(value=default, label=label, info=info)
+    if hint in (int, float):
+        if name in RANGES:
+            low, high, step = RANGES[name]
+            return gr.Slider(low, high, value=default, step=step, label=label, info=info)
+        return gr.Number(value=default, label=label, info=info, precision=0 if hint is int else None)
+    if isinstance(default, dict):
+        return gr.Textbox(
+            value="\n".join(f"{k}={v}" for k, v in default.items()),
+            label=label,
+            info=info or "one key=value per line",
+            lines=2,
+        )
+    return gr.Textbox(value="" if default is None else str(default), label=label, info=info)
+
+
+@dataclass
+class Form(Generic[C]):
+    """Components for some fields of a config dataclass, and the way back to a config."""
+
+    cls: type[C]
+    names: list[str]
+    components: list[gr.components.Component]
+
+    @classmethod
+    def build(cls, config_cls: type[C], exclude: Iterable[str] = (), defaults: C | None = None) -> Form[C]:
+        """Create the components (inside a Blocks context) for every field not in ``exclude``."""
+        hints = get_type_hints(config_cls)
+        help_text = field_help(config_cls)
+        instance = defaults if defaults is not None else config_cls()
+        names, components = [], []
+        for item in dataclasses.fields(config_cls):  # type: ignore[arg-type]
+            if item.name in set(exclude):
+                continue
+            default = getattr(instance, item.name)
+            names.append(item.name)
+            components.append(_component(item.name, hints[item.name], default, help_text.get(item.name)))
+        return cls(config_cls, names, components)
+
+    def parse(self, *values: Any, base: C | None = None, **fixed: Any) -> C:
+        """A config from the components' values (in ``components`` order) plus ``fixed`` fields."""
+        changes: dict[str, Any] = dict(fixed)
+        for name, value in zip(self.names, values, strict=True):
+            if name == "settings":
+                changes.update(parse_pairs([line for line in str(value or "").splitlines() if line.strip()]))
+            elif value is not None:
+                changes[name] = value
+        return override(base if base is not None else self.cls(), changes)
+
+    def parse_dict(self, data: dict[Any, Any], base: C | None = None, **fixed: Any) -> C:
+        """Like ``parse``, from an event's ``{component: value}`` dict (inputs given as a set)."""
+        return self.parse(*(data[component] for component in self.components), base=base, **fixed)

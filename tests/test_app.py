@@ -1,0 +1,222 @@
+"""The Gradio app served in-process, driven through gradio_client (and headless Chromium, if installed).
+
+The app runs on the bundled model when assets/base-model exists, else on the tiny pipeline, with few
+learning steps; every check reads what a user would see (timeline captions, images, error messages).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from lifelong.base import BUNDLED_MODEL, REPO_ROOT, get_base
+from lifelong.service import Studio
+from lifelong.ui import examples
+
+sys.path.insert(0, str(REPO_ROOT))
+from app import create_app  # noqa: E402
+
+STEPS = 6  # enough to store a concept; the tests check the plumbing, not the quality
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def base(request):
+    """The bundled model when it is installed (what users get), else the tiny pipeline."""
+    if BUNDLED_MODEL.exists():
+        return get_base()
+    return request.getfixturevalue("tiny_base")
+
+
+@pytest.fixture(scope="module")
+def served(base, tmp_path_factory):
+    studio = Studio(base, root=tmp_path_factory.mktemp("sessions"))
+    demo = create_app(studio)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    yield url, studio
+    demo.close()
+
+
+def call(client: Client, api: str, **by_label):
+    """Call an endpoint, giving inputs by their UI label; the rest keep the defaults the UI shows."""
+    endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"][api]
+    args = [by_label.get(p["label"], p.get("parameter_default")) for p in endpoint["parameters"]]
+    return client.predict(*args, api_name=api)
+
+
+def learn(client: Client, images: list[str], name: str, class_word: str = "", steps: int = STEPS, **extra):
+    return call(
+        client,
+        "/learn",
+        **{
+            "3–5 images of your concept (drop them here)": [{"image": handle_file(p)} for p in images],
+            "Concept name": name,
+            "Class word": class_word,
+            "Steps": steps,
+            "Batch size": 2,
+            **extra,
+        },
+    )
+
+
+def generate(client: Client, prompt: str, num_images: int = 2, steps: int = 4) -> np.ndarray:
+    out = call(client, "/generate", Prompt=prompt, Steps=steps, **{"Num images": num_images, "Seed": 3})
+    return np.stack([np.asarray(Image.open(item["image"]).convert("RGB")) for item in out])
+
+
+def captions(timeline) -> list[str]:
+    return [item["caption"] for item in timeline or []]
+
+
+def test_learn_example_generate_export_reimport(served, base, tmp_path):
+    url, _ = served
+    example = examples()[0]
+    client = Client(url, verbose=False)
+    timeline, _, status = learn(client, example.images, example.name, example.class_word)
+    assert captions(timeline) == [
+        f"1. <{example.name}> · finetune · {captions(timeline)[0].split(' · ')[-1]}"
+    ]
+    assert f"Learned **<{example.name}>**" in status
+    images = generate(client, f"a <{example.name}> {example.class_word}")
+    assert images.shape == (2, base.resolution, base.resolution, 3)
+    assert images.std() > 1.0 and not np.array_equal(images[0], images[1])  # seeds 3 and 4 differ
+
+    exported = Path(call(client, "/export"))
+    assert exported.suffix == ".zip" and exported.stat().st_size > 0
+    kept = shutil.copy(exported, tmp_path / "kept.zip")
+    timeline, _, _ = call(client, "/reset")
+    assert captions(timeline) == []
+    with pytest.raises(AppError, match="not a learned concept"):
+        generate(client, f"a <{example.name}>")
+    timeline, _, _ = call(client, "/import", **{"Import session file": handle_file(kept)})
+    assert len(captions(timeline)) == 1 and f"<{example.name}>" in captions(timeline)[0]
+    assert np.array_equal(generate(client, f"a <{example.name}> {example.class_word}"), images)
+
+
+def test_two_sessions_see_only_their_own_concepts(served):
+    url, _ = served
+    first, second = Client(url, verbose=False), Client(url, verbose=False)
+    pool = examples()
+    # both learn at the same time; the queue runs them one after the other, each in its own session
+    futures = []
+    for client, example in ((first, pool[1]), (second, pool[2])):
+        endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/learn"]
+        values = {
+            "3–5 images of your concept (drop them here)": [
+                {"image": handle_file(p)} for p in example.images
+            ],
+            "Concept name": example.name,
+            "Class word": example.class_word,
+            "Steps": STEPS,
+            "Batch size": 2,
+        }
+        args = [values.get(p["label"], p.get("parameter_default")) for p in endpoint["parameters"]]
+        futures.append(client.submit(*args, api_name="/learn"))
+    results = [future.result(timeout=600) for future in futures]
+    for (timeline, _, _), example in zip(results, (pool[1], pool[2]), strict=True):
+        assert [caption.split(" · ")[0] for caption in captions(timeline)] == [f"1. <{example.name}>"]
+    for client, example, other in ((first, pool[1], pool[2]), (second, pool[2], pool[1])):
+        timeline, chips, _ = call(client, "/session")
+        assert [c.split(" · ")[0] for c in captions(timeline)] == [f"1. <{example.name}>"]
+        with pytest.raises(AppError, match="not a learned concept"):
+            generate(client, f"a <{other.name}>", num_images=1, steps=1)
+
+
+def test_bad_learn_input_says_what_to_do_and_keeps_the_session(served, tmp_path):
+    url, _ = served
+    client = Client(url, verbose=False)
+    good = examples()[3].images
+    learn(client, good[:3], "keeper", "thing", steps=2)
+    (tmp_path / "notes.png").write_text("this is a text file")
+    cases = [
+        ([*good[:2], str(tmp_path / "notes.png")], "newone", "notes.png: this is not a readable image"),
+        ([good[i % len(good)] for i in range(50)], "newone", "50 images is too many"),
+        (good, "../etc", "cannot be a concept name"),
+        (good, "rex🦖", "cannot be a concept name"),
+        ([], "newone", "Add 3–5 images"),
+        (good, "keeper", "already in this session"),
+    ]
+    for images, name, message in cases:
+        with pytest.raises(AppError, match=re.escape(message)):
+            learn(client, images, name, steps=2)
+    timeline, _, _ = call(client, "/session")
+    assert [c.split(" · ")[0] for c in captions(timeline)] == ["1. <keeper>"]
+
+
+def test_odd_images_are_converted_and_an_empty_prompt_is_refused(served, tmp_path):
+    url, _ = served
+    client = Client(url, verbose=False)
+    source = Image.open(examples()[0].images[0]).convert("RGB")
+    cmyk = tmp_path / "cmyk.jpg"
+    source.convert("CMYK").save(cmyk)
+    alpha = tmp_path / "alpha.png"
+    source.convert("RGBA").save(alpha)
+    animated = tmp_path / "animated.gif"
+    source.save(animated, save_all=True, append_images=[source.rotate(90)], duration=100)
+    huge = tmp_path / "huge.png"
+    source.resize((12000, 300)).save(huge)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.asarray(source.convert("L"), dtype=np.uint16) * 257).save(deep)
+    timeline, _, _ = learn(client, [str(p) for p in (cmyk, alpha, animated, huge, deep)], "odd", steps=2)
+    assert [c.split(" · ")[0] for c in captions(timeline)] == ["1. <odd>"]
+    with pytest.raises(AppError, match="Write a prompt"):
+        generate(client, "   ")
+
+
+BROWSER = Path("/usr/bin/chromium")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(
+    not BROWSER.exists(), reason="needs Debian's chromium: apt-get install chromium chromium-driver"
+)
+def test_browser_upload_learn_generate_screenshot(served):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _ = served
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(BROWSER)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1100"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    wait = WebDriverWait(driver, 300)
+    try:
+        driver.get(url)
+        upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
+        upload.send_keys("\n".join(examples()[0].images[:3]))
+        driver.find_element(By.CSS_SELECTOR, "#concept-name textarea, #concept-name input").send_keys("webby")
+        driver.find_element(By.ID, "learn-button").click()
+        wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'Learned')]")))
+        driver.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Generate')]").click()
+        wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#prompt textarea"))).send_keys(
+            "a <webby>"
+        )
+        driver.find_element(By.ID, "generate-button").click()
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#generated img")))
+        time.sleep(1)
+        shot = REPO_ROOT / "docs" / "screenshot.png"
+        shot.parent.mkdir(exist_ok=True)
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
+    assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3)[::97], axis=0)) > 50
