@@ -90,7 +90,7 @@ def test_report_and_plots_are_written(miniature):
         assert Image.open(out / f"ia_matrix_{method}.png").size[0] > 100
     assert Image.open(out / "forgetting_curves.png").size[0] > 100
     grid = Image.open(out / "before_after.png")
-    assert grid.size[1] >= 2 * len(config.methods) * 96  # two rows of images per method
+    assert grid.size[1] >= (1 + 2 * len(config.methods)) * 96  # references, then two rows per method
 
 
 def test_resume_reuses_finished_methods(tiny_base, miniature):

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from lifelong.base import BaseConfig, get_base
+from lifelong.bench import multi
 from lifelong.bench.report import write_report
 from lifelong.bench.sequence import (
     BUNDLED_CONCEPTS,
@@ -112,7 +113,10 @@ def _run_lifelong(args: argparse.Namespace) -> int:
 LIFELONG = Mode(
     "", "concept sequences × methods: TA, IA matrix, IAD, TFR, base drift", _lifelong_arguments, _run_lifelong
 )
-MODES: list[Mode] = [LIFELONG]
+MULTI = Mode(
+    "multi", "pairs of learned concepts in one prompt, CAA/OAA off vs on", multi.add_arguments, multi.run
+)
+MODES: list[Mode] = [LIFELONG, MULTI]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from lifelong.bench.sequence import MethodResult  # noqa: E402
+from lifelong.bench.sequence import REFERENCE, MethodResult  # noqa: E402
 from lifelong.files import atomic_write, write_json  # noqa: E402
 
 TILE = 96
@@ -64,9 +64,11 @@ def plot_ia_matrix(path: Path, method: str, result: MethodResult, names: Sequenc
     n = len(names)
     figure, axes = plt.subplots(figsize=(1.2 + 0.62 * n, 0.9 + 0.55 * n))
     image = axes.imshow(np.ma.masked_invalid(matrix), cmap="viridis")
+    middle = np.nanmin(matrix) + 0.6 * (np.nanmax(matrix) - np.nanmin(matrix))
     for i in range(n):
         for j in range(i, n):
-            axes.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white")
+            color = "black" if matrix[i, j] > middle else "white"  # readable on viridis' light end
+            axes.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
     axes.set_xticks(range(n), [str(j + 1) for j in range(n)])
     axes.set_yticks(range(n), names, fontsize=8)
     axes.set_xlabel("after learning concept j")
@@ -105,17 +107,22 @@ def plot_forgetting_curves(path: Path, results: dict[str, MethodResult], names: 
 
 
 def before_after_grid(out: Path, results: dict[str, MethodResult], names: Sequence[str]) -> Image.Image:
-    """Rows: per method, "right after" and "after the last"; columns: the earlier concepts."""
+    """Columns: the earlier concepts. Rows: a reference image, then per method "right after learning it"
+    and "after the last concept" (the first eval prompt, first seed)."""
     n = len(names)
     earlier = max(1, n - 1)
-    sheet = Image.new("RGB", (LABEL_WIDTH + earlier * TILE, HEADER + 2 * len(results) * TILE), "white")
+    height = HEADER + (1 + 2 * len(results)) * TILE
+    sheet = Image.new("RGB", (LABEL_WIDTH + earlier * TILE, height), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
+    draw.text((4, HEADER + TILE // 2 - 6), "reference", fill="black", font=font)
     for i in range(n - 1):
         draw.text((LABEL_WIDTH + i * TILE + 3, 2), names[i][:15], fill="black", font=font)
+        with Image.open(out / REFERENCE.format(i=i)) as image:
+            sheet.paste(image.convert("RGB").resize((TILE, TILE)), (LABEL_WIDTH + i * TILE, HEADER))
     for row, (method, result) in enumerate(results.items()):
         for half, label in enumerate(("right after", f"after concept {n}")):
-            top = HEADER + (2 * row + half) * TILE
+            top = HEADER + (1 + 2 * row + half) * TILE
             draw.text((4, top + TILE // 2 - 12), f"{method}\n{label}", fill="black", font=font)
             for i in range(n - 1):
                 key = f"{i}_after_{i if half == 0 else n - 1}"
@@ -145,14 +152,20 @@ def write_report(
     if len(names) > 1:
         grid = before_after_grid(out, results, names)
         atomic_write(out / "before_after.png", lambda tmp: grid.save(tmp, format="PNG"))
-    config = document["config"]
+    config: dict = document["config"]  # type: ignore[assignment]
+    first_prompts: list[str] = next(iter(document["eval_prompts"].values()))  # type: ignore[attr-defined]
     lines = [
         "# Lifelong benchmark",
         "",
         f"Command: `{command}`",
         "",
-        f"Model: `{document['model']}`; eval CLIP: `{document['eval_clip']}`; settings: `{config}`.",
-        f"Concepts, in learning order: {', '.join(f'<{name}>' for name in names)}.",
+        f"- model `{document['model']}`, eval CLIP `{document['eval_clip']}`",
+        f"- concepts, in learning order: {', '.join(f'`<{name}>`' for name in names)}",
+        f"- {config['steps']} learning steps per concept, seed {config['seed']}; eval images: "
+        f"{config['images_per_prompt']} per prompt (seeds {config['seed']}…), {config['sample_steps']} DDIM "
+        f"steps, guidance {config['guidance_scale']}",
+        f"- eval prompts per concept, e.g. {', '.join(f'`{p}`' for p in first_prompts)}",
+        f"- base-drift prompts: {', '.join(f'`{p}`' for p in document['drift_prompts'])}",  # type: ignore[attr-defined]
         "",
         table(results),
         "",
@@ -170,4 +183,9 @@ def write_report(
     if len(names) > 1:
         lines += ["![before and after](before_after.png)", ""]
     lines += [f"![IA matrix {method}](ia_matrix_{method}.png)" for method in results]
-    atomic_write(out / "report.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    text = "\n".join(lines) + "\n"
+
+    def write_text(tmp: Path) -> None:
+        tmp.write_text(text)
+
+    atomic_write(out / "report.md", write_text)

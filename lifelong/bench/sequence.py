@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -23,6 +24,7 @@ from PIL import Image
 from lifelong.base import REPO_ROOT, BaseModel
 from lifelong.bench.resources import PeakMemory
 from lifelong.concepts import Session
+from lifelong.files import write_json
 from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import ImageSource, load_images, validate_name
 from lifelong.learner import LearnConfig, learn
@@ -51,6 +53,7 @@ DRIFT_SCENES = (
     "a guitar on a white background",
 )
 EVAL_COLORS = ("blue", "yellow")
+REFERENCE = "images/reference/{i}.png"  # concept i's first reference image, for the before/after grid
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,12 @@ class MethodResult:
     peak_memory_mb: float  # most memory held above the start while learning (see resources.PeakMemory)
     eval_seconds: float
     images: dict[str, str] = field(default_factory=dict)  # "<i>_after_<j>" -> path relative to --out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MethodResult:
+        """Read back a saved row; null numbers (undefined, e.g. IAD of one concept) become NaN."""
+        values: dict[str, Any] = {key: math.nan if value is None else value for key, value in data.items()}
+        return cls(**values)
 
 
 Log = Callable[[str], None]
@@ -314,6 +323,10 @@ def run_sequence(
     for method in config.methods:
         get_method(method)  # refuse an unknown method before hours of work, not after
     evaluator = Evaluator(base, clip, concepts, config)
+    for i, concept in enumerate(concepts):
+        path = out / REFERENCE.format(i=i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        load_images(list(concept.images[:1]), base.resolution)[0].save(path)
     results = {}
     for method in config.methods:
         saved = out / "methods" / f"{method}.json"
@@ -321,14 +334,10 @@ def run_sequence(
             record = json.loads(saved.read_text())
             if record.get("setup") == json.loads(json.dumps(_finite_or_none(setup))):
                 log(f"[{method}] reusing {saved}")
-                results[method] = MethodResult(
-                    **{k: math.nan if v is None else v for k, v in record["result"].items()}
-                )
+                results[method] = MethodResult.from_json(record["result"])
                 continue
         results[method] = run_method(evaluator, method, out, log)
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        record = {"setup": setup, "result": asdict(results[method])}
-        saved.write_text(json.dumps(_finite_or_none(record), indent=2))
+        write_json(saved, _finite_or_none({"setup": setup, "result": asdict(results[method])}))
     return results
 
 

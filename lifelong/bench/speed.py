@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lifelong.adapters import use_state
+from lifelong.adapters import KINDS, compose, trainable, use_state
 from lifelong.base import REPO_ROOT, BaseConfig, BaseModel, load_base, prepare_base
 from lifelong.bench.random_sd15 import random_sd15
 from lifelong.bench.resources import PeakMemory
-from lifelong.concepts import Session
+from lifelong.concepts import Session, save_checkpoint
 from lifelong.generate import GenerateConfig, generate
 from lifelong.learner import LearnConfig, learn
 from lifelong.methods import METHODS
@@ -116,6 +116,26 @@ def time_generation(base: BaseModel, session: Session) -> dict[str, float]:
     }
 
 
+def size_only(base: BaseModel) -> dict[str, object]:
+    """Checkpoint size per concept and state-swap time without training (for scales this machine can't train)."""
+    init = torch.zeros(base.pipe.text_encoder.get_input_embeddings().embedding_dim)
+    results: dict[str, object] = {"model": base.name, "device": str(base.device), "dtype": str(base.dtype)}
+    with tempfile.TemporaryDirectory(prefix="lifelong-size-") as tmp:
+        for kind in KINDS:
+            with trainable(base, kind, base.slot_token_ids[0], init) as trainset:
+                delta = trainset.extract()
+            path = Path(tmp) / f"{kind}.safetensors"
+            save_checkpoint(path, delta)
+            results[f"checkpoint_mb_{kind}"] = round(path.stat().st_size / 2**20, 2)
+            state = compose([delta], base.slot_token_ids[:1])
+            started = time.perf_counter()
+            for _ in range(5):
+                with use_state(base, state):
+                    _sync(base)
+            results[f"seconds_per_state_swap_{kind}"] = round((time.perf_counter() - started) / 5, 4)
+    return results
+
+
 def run(base: BaseModel, methods: list[str], steps: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="lifelong-speed-") as tmp:
         timings = [time_method(base, method, steps, Path(tmp)) for method in methods]
@@ -168,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="finetune,dfkd,l2dm,lfs")
     parser.add_argument("--steps", type=int, default=LearnConfig.steps)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--size-only", action="store_true", help="only checkpoint size and swap time, no training"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -182,8 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         base = prepare_base(random_sd15(dtype=dtype), BaseConfig(model="random-sd15"), device)
     else:
         base = load_base(BaseConfig(model=args.model, device=args.device))
-    results = run(base, methods, args.steps)
-    print(table(results))
+    if args.size_only:
+        results = size_only(base)
+        print(json.dumps(results, indent=2))
+    else:
+        results = run(base, methods, args.steps)
+        print(table(results))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))

@@ -1,0 +1,250 @@
+"""``python -m lifelong.bench --multi``: two learned concepts in one prompt, CAA/OAA off vs on.
+
+The first ``--concepts`` concepts are learned in one session (``--methods``' first method, else finetune).
+For every pair (i, j) the prompt "a <i> {class} and a <j> {class} on a {color} background" is generated
+with the same seeds twice: attention guidance off, then on (GenerateConfig's caa/oaa). For each image and
+each of its two concepts, the square of half the image's side centred on the concept's cross-attention peak
+is cropped, and the eval CLIP compares the crop with
+
+- the concept's own reference images: the concept's IA in that image;
+- the references of every concept of the folder outside the pair: the level of unrelated concepts.
+
+A concept is *present* when its IA beats its crop's IA to every unrelated concept; an image has *both* when
+both its concepts are present. Reported per setting: the both-present rate, the mean per-concept IA and the
+seconds per image (map capture, which locates the crops, runs in both settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import shlex
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from lifelong.attention import AttentionRecord
+from lifelong.base import BaseConfig, BaseModel, get_base
+from lifelong.bench.sequence import BUNDLED_CONCEPTS, BenchConcept, load_concepts
+from lifelong.concepts import Session
+from lifelong.files import atomic_write, write_json
+from lifelong.generate import GenerateConfig, generate
+from lifelong.intake import load_images
+from lifelong.learner import LearnConfig, learn
+from lifelong.metrics import EvalClip, FeatureCache, image_features
+
+SETTINGS = ("off", "on")
+TILE = 96
+
+
+@dataclass(frozen=True)
+class MultiConfig:
+    concepts: int = 4  # learned concepts; every pair of them is one prompt
+    method: str = "finetune"
+    steps: int = 100  # learning steps per concept
+    images_per_pair: int = 4  # seeds seed .. seed + n - 1, the same in both settings
+    seed: int = 0
+    sample_steps: int = 20
+    color: str = "white"
+
+
+@dataclass
+class SettingResult:
+    both_present: float  # share of images where both concepts beat every unrelated concept
+    concept_ia: float  # mean IA of a concept's crop to its own references
+    unrelated_ia: float  # mean over crops of the best IA to an unrelated concept's references
+    seconds_per_image: float
+
+
+def pair_prompt(first: BenchConcept, second: BenchConcept, color: str) -> str:
+    one = " ".join(f"<{first.name}> {first.class_word}".split())
+    two = " ".join(f"<{second.name}> {second.class_word}".split())
+    return f"a {one} and a {two} on a {color} background"
+
+
+def peak_crop(image: Image.Image, heat: torch.Tensor) -> Image.Image:
+    """The square of half the image's side centred on the strongest cell of ``heat`` (res × res)."""
+    res = heat.shape[-1]
+    row, col = divmod(int(heat.argmax()), res)
+    width, height = image.size
+    side = min(width, height) // 2
+    cx, cy = (col + 0.5) * width / res, (row + 0.5) * height / res
+    left = int(min(max(cx - side / 2, 0), width - side))
+    top = int(min(max(cy - side / 2, 0), height - side))
+    return image.crop((left, top, left + side, top + side))
+
+
+class MultiEvaluator:
+    """Scores crops against every concept's references (features cached)."""
+
+    def __init__(self, base: BaseModel, clip: EvalClip, everyone: Sequence[BenchConcept]) -> None:
+        self.base, self.clip, self.everyone = base, clip, list(everyone)
+        self.cache = FeatureCache()
+
+    def references(self, concept: BenchConcept) -> torch.Tensor:
+        return self.cache.get(
+            concept.name,
+            lambda: image_features(self.clip, load_images(list(concept.images), self.base.resolution)),
+        )
+
+    def scores(self, crops: Sequence[Image.Image]) -> torch.Tensor:
+        """(crops, concepts): mean cosine of each crop to each concept's references."""
+        features = image_features(self.clip, crops)
+        return torch.stack([(features @ self.references(c).T).mean(1) for c in self.everyone], dim=1)
+
+
+def run_multi(
+    base: BaseModel,
+    clip: EvalClip,
+    everyone: Sequence[BenchConcept],
+    config: MultiConfig,
+    out: Path,
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, SettingResult], Image.Image]:
+    """Learn the concepts, generate every pair off and on, score; returns results and the pair grid."""
+    learned = list(everyone[: config.concepts])
+    if len(learned) < 2 or len(everyone) < 3:
+        raise ValueError("the multi-concept benchmark needs 2+ learned concepts and 1+ unrelated one.")
+    root = out / "sessions" / "multi"
+    shutil.rmtree(root, ignore_errors=True)
+    session = Session.create(root, base.name)
+    for concept in learned:
+        learn(
+            session,
+            base,
+            list(concept.images),
+            concept.name,
+            concept.class_word,
+            LearnConfig(method=config.method, steps=config.steps, seed=config.seed),
+        )
+        log(f"[multi] learned <{concept.name}>")
+    evaluator = MultiEvaluator(base, clip, everyone)
+    plain = GenerateConfig(
+        steps=config.sample_steps, num_images=config.images_per_pair, seed=config.seed, caa=False, oaa=False
+    )
+    settings = {"off": plain, "on": dataclasses.replace(plain, caa=True, oaa=True)}
+    present: dict[str, list[bool]] = {s: [] for s in SETTINGS}
+    own: dict[str, list[float]] = {s: [] for s in SETTINGS}
+    unrelated: dict[str, list[float]] = {s: [] for s in SETTINGS}
+    seconds = dict.fromkeys(SETTINGS, 0.0)
+    rows = []
+    for first, second in itertools.combinations(learned, 2):
+        prompt = pair_prompt(first, second, config.color)
+        row: list[tuple[Image.Image, str]] = []
+        for setting in SETTINGS:
+            record = AttentionRecord()
+            started = time.perf_counter()
+            images = generate(base, session, prompt, settings[setting], record=record)
+            seconds[setting] += time.perf_counter() - started
+            labels = [f"<{first.name}>", f"<{second.name}>"]
+            maps = record.label_maps(labels)
+            pair = [everyone.index(first), everyone.index(second)]
+            others = [k for k in range(len(everyone)) if k not in pair]
+            for n, image in enumerate(images):
+                crops = [peak_crop(image, maps[n, c]) for c in range(2)]
+                scores = evaluator.scores(crops)
+                shown = [True, True]
+                for c, k in enumerate(pair):
+                    best_other = float(scores[c, others].max())
+                    own[setting].append(float(scores[c, k]))
+                    unrelated[setting].append(best_other)
+                    shown[c] = float(scores[c, k]) > best_other
+                present[setting].append(all(shown))
+            row.append((images[0], setting))
+            overlays = record.images(images[:1])
+            row += [
+                (overlay, f"{setting}: {which}")
+                for (overlay, _), which in zip(overlays, ("first", "second"), strict=True)
+            ]
+        rows.append((f"{first.name} + {second.name}", row))
+        log(f"[multi] {prompt}: both present off {present['off'][-1]}, on {present['on'][-1]} (last seed)")
+    count = len(rows) * config.images_per_pair
+    results = {
+        s: SettingResult(
+            both_present=sum(present[s]) / len(present[s]),
+            concept_ia=sum(own[s]) / len(own[s]),
+            unrelated_ia=sum(unrelated[s]) / len(unrelated[s]),
+            seconds_per_image=seconds[s] / count,
+        )
+        for s in SETTINGS
+    }
+    return results, pair_grid(rows)
+
+
+def pair_grid(rows: Sequence[tuple[str, Sequence[tuple[Image.Image, str]]]]) -> Image.Image:
+    """One row per pair: the first seed's image and the maps of the pair's first and second concept, guidance
+    off then on."""
+    label_width, header = 130, 14
+    columns = max(len(tiles) for _, tiles in rows)
+    grid = Image.new("RGB", (label_width + columns * TILE, header + len(rows) * TILE), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, (_, caption) in enumerate(rows[0][1]):
+        draw.text((label_width + c * TILE + 2, 2), caption, fill="black")
+    for r, (label, tiles) in enumerate(rows):
+        top = header + r * TILE
+        draw.text((4, top + TILE // 2 - 6), label, fill="black")
+        for c, (image, _) in enumerate(tiles):
+            grid.paste(image.resize((TILE, TILE), Image.Resampling.NEAREST), (label_width + c * TILE, top))
+    return grid
+
+
+def table(results: dict[str, SettingResult]) -> str:
+    lines = [
+        "| CAA + OAA | both present ↑ | concept IA ↑ | best unrelated IA | s / image |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for setting, r in results.items():
+        lines.append(
+            f"| {setting} | {r.both_present:.3f} | {r.concept_ia:.4f} | {r.unrelated_ia:.4f} | "
+            f"{r.seconds_per_image:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-concept benchmark (--multi)")
+    group.add_argument(
+        "--images-per-pair", type=int, default=4, help="seeds per pair, the same off and on (default 4)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    config = MultiConfig(
+        concepts=args.concepts or MultiConfig.concepts,
+        method=(args.methods.split(",")[0].strip() if args.methods else MultiConfig.method),
+        steps=args.steps or MultiConfig.steps,
+        images_per_pair=args.images_per_pair,
+        seed=args.seed,
+        sample_steps=args.sample_steps,
+    )
+    everyone = load_concepts(args.concept_dir or BUNDLED_CONCEPTS)
+    base = get_base(BaseConfig(model=args.model, device=args.device))
+    clip = EvalClip.load(args.eval_clip, base.device)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    results, grid = run_multi(base, clip, everyone, config, out)
+    command = "python -m lifelong.bench " + shlex.join(args.argv)
+    document = {
+        "command": command,
+        "model": base.name,
+        "config": asdict(config),
+        "settings": {s: asdict(r) for s, r in results.items()},
+    }
+    write_json(out / "multi.json", document)
+    atomic_write(out / "multi_grid.png", lambda tmp: grid.save(tmp, format="PNG"))
+    report = f"# Multi-concept attention\n\n`{command}`\n\n{table(results)}\n\n![pairs](multi_grid.png)\n"
+
+    def write_report(tmp: Path) -> None:
+        tmp.write_text(report)
+
+    atomic_write(out / "multi.md", write_report)
+    print(json.dumps(document["settings"], indent=2))
+    print(f"wrote {out / 'multi.json'}, {out / 'multi.md'} and {out / 'multi_grid.png'}")
+    return 0
