@@ -370,8 +370,8 @@ class AttentionRecord:
     def images(self, images: Sequence[Image.Image], strength: float = 0.7) -> list[tuple[Image.Image, str]]:
         """Each label's map over each generated image, as (overlay, caption) pairs for a gallery.
 
-        A map is scaled to its own maximum and blended in the label's colour: where the colour is strong,
-        that is where the label's word looks.
+        A map is stretched to [0, 1] (its minimum to its maximum) and blended in the label's colour: where
+        the colour is strong, that is where the label's word looks most.
         """
         labels = self.labels()
         maps = self.label_maps(labels)
@@ -379,7 +379,8 @@ class AttentionRecord:
         for n, image in enumerate(images):
             rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
             for c, label in enumerate(labels):
-                heat = maps[n, c] / maps[n, c].max().clamp_min(1e-12)
+                heat = maps[n, c] - maps[n, c].min()
+                heat = heat / heat.max().clamp_min(1e-12)
                 heat = F.interpolate(
                     heat[None, None], size=rgb.shape[:2], mode="bilinear", align_corners=False
                 )

@@ -1,0 +1,52 @@
+"""The multi-concept benchmark (``python -m lifelong.bench --multi``) in miniature: tiny pipeline, tiny CLIP."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from conftest import pattern_images
+from PIL import Image
+from tiny_clip import tiny_clip
+
+from lifelong.bench.cli import build_parser
+from lifelong.bench.multi import MultiConfig, pair_prompt, peak_crop, run_multi, table
+from lifelong.bench.sequence import BenchConcept
+
+
+def _recoloured(order: tuple[int, int, int], seed: int) -> tuple[Image.Image, ...]:
+    return tuple(
+        Image.fromarray(np.asarray(im)[:, :, list(order)].copy()) for im in pattern_images(seed=seed)
+    )
+
+
+def test_peak_crop_is_half_the_image_around_the_peak_and_stays_inside():
+    image = Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3))
+    heat = torch.zeros(8, 8)
+    heat[0, 0] = 1.0
+    assert np.array_equal(np.asarray(peak_crop(image, heat)), np.asarray(image)[:32, :32])
+    heat = torch.zeros(8, 8)
+    heat[4, 7] = 1.0  # centre (60, 36): clamped to the right edge
+    assert np.array_equal(np.asarray(peak_crop(image, heat)), np.asarray(image)[20:52, 32:64])
+
+
+def test_multi_benchmark_reports_both_settings_on_the_same_seeds(tiny_base, tmp_path):
+    everyone = [
+        BenchConcept("rex", "dog", tuple(pattern_images())),
+        BenchConcept("mug", "mug", _recoloured((2, 1, 0), 1)),
+        BenchConcept("toy", "toy", _recoloured((1, 2, 0), 2)),
+    ]
+    config = MultiConfig(concepts=2, steps=2, images_per_pair=2, sample_steps=3)
+    results, grid = run_multi(tiny_base, tiny_clip(), everyone, config, tmp_path, log=lambda _: None)
+    assert set(results) == {"off", "on"}
+    for result in results.values():
+        assert result.both_present in (0.0, 0.5, 1.0)  # 2 images of the one pair
+        assert -1.0 <= result.concept_ia <= 1.0 and -1.0 <= result.unrelated_ia <= 1.0
+        assert result.seconds_per_image > 0
+    # one row (one pair): off image, its two maps, on image, its two maps
+    assert grid.size == (130 + 6 * 96, 14 + 96)
+    assert "| on |" in table(results)
+    assert (
+        pair_prompt(everyone[0], everyone[1], "white") == "a <rex> dog and a <mug> mug on a white background"
+    )
+    args = build_parser().parse_args(["--multi", "--out", str(tmp_path), "--images-per-pair", "3"])
+    assert args.multi and args.images_per_pair == 3
