@@ -76,4 +76,4 @@ def random_sd15(seed: int = 0, dtype: torch.dtype = torch.float32) -> StableDiff
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return pipe.to(dtype=dtype)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
