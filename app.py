@@ -10,6 +10,7 @@ from lifelong.methods import DEFAULT_METHOD
 from lifelong.service import Studio, default_scorer
 from lifelong.ui_forms import Form
 
+MAIN_SETTINGS = ("negative_prompt", "seed", "steps", "guidance_scale", "num_images")
 DESCRIPTION = """# Lifelong Studio
 Teach the model your own concepts from 3–5 images each, one after another, and check that it keeps the
 earlier ones. Learned concepts are written `<name>` in prompts."""
@@ -70,22 +71,29 @@ def create_app(studio: Studio | None = None) -> gr.Blocks:
                         height=300,
                         interactive=False,
                     )
-            with gr.Tab("Generate"):
-                prompt = gr.Textbox(
-                    label="Prompt", placeholder="a <rex> dog on a blue background", elem_id="prompt"
-                )
-                chips = gr.Dataset(
-                    components=[gr.Textbox(visible=False)],
-                    samples=[],
-                    label="Your concepts (click to insert)",
-                    layout="gallery",
-                )
-                with gr.Accordion("Settings", open=True):
-                    generate_form = Form.build(GenerateConfig)
-                generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
-                generated = gr.Gallery(
-                    label="Images", columns=4, format="png", interactive=False, elem_id="generated"
-                )
+            with gr.Tab("Generate"), gr.Row():
+                with gr.Column():
+                    prompt = gr.Textbox(
+                        label="Prompt", placeholder="a <rex> dog on a blue background", elem_id="prompt"
+                    )
+                    chips = gr.Dataset(
+                        components=[gr.Textbox(visible=False)],
+                        samples=[],
+                        label="Your concepts (click to insert)",
+                        layout="gallery",
+                    )
+                    generate_form = Form.build(GenerateConfig, only=MAIN_SETTINGS)
+                    with gr.Accordion("Multi-concept attention and more", open=False):
+                        show_maps = gr.Checkbox(
+                            label="Show attention maps", info="where each concept of the prompt attends"
+                        )
+                        generate_form += Form.build(GenerateConfig, exclude=MAIN_SETTINGS)
+                    generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+                with gr.Column():
+                    generated = gr.Gallery(
+                        label="Images", columns=2, format="png", interactive=False, elem_id="generated"
+                    )
+                    maps = gr.Gallery(label="Attention maps", columns=4, format="png", visible=False)
             with gr.Tab("Forgetting"):
                 gr.Markdown(FORGETTING_NOTE)
                 compare_button = gr.Button("Regenerate comparison", variant="primary")
@@ -102,7 +110,9 @@ def create_app(studio: Studio | None = None) -> gr.Blocks:
                     reset_button = gr.Button("Reset (deletes this session's concepts)", variant="stop")
                 export_file = gr.File(label="Your session file", interactive=False)
 
-        handlers = ui.Handlers(studio, images, name, class_word, method, learn_form, prompt, generate_form)
+        handlers = ui.Handlers(
+            studio, images, name, class_word, method, learn_form, prompt, generate_form, show_maps
+        )
         shown = [timeline, chips, status]
         gpu = {"concurrency_id": "gpu", "concurrency_limit": 1}  # one model job at a time; others queue
         demo.load(handlers.load, outputs=shown, api_name="session")
@@ -117,9 +127,9 @@ def create_app(studio: Studio | None = None) -> gr.Blocks:
         cancel_button.click(handlers.cancel, None, None, api_name="cancel", concurrency_limit=None)
         chips.click(ui.insert_token, [chips, prompt], prompt, api_name=False)
         generate_button.click(
-            handlers.generate, handlers.generate_inputs, generated, api_name="generate", **gpu
+            handlers.generate, handlers.generate_inputs, [generated, maps], api_name="generate", **gpu
         )
-        prompt.submit(handlers.generate, handlers.generate_inputs, generated, api_name=False, **gpu)
+        prompt.submit(handlers.generate, handlers.generate_inputs, [generated, maps], api_name=False, **gpu)
         compare_button.click(
             handlers.forgetting,
             handlers.generate_inputs,

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from lifelong.adapters import target_module_names
+from lifelong.attention import generate_with_maps
 from lifelong.base import BUNDLED_EVAL_CLIP, BaseModel
 from lifelong.concepts import Concept, Session
 from lifelong.errors import ImageCountError, LifelongError, SessionFormatError
@@ -265,6 +266,21 @@ class Studio:
     ) -> list[Image.Image]:
         with self._lock(user):
             return generate(self.base, self.session(user), prompt, config, checkpoint, progress)
+
+    def generate_with_maps(
+        self,
+        user: str,
+        prompt: str,
+        config: GenerateConfig,
+        checkpoint: int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> tuple[list[Image.Image], list[tuple[Image.Image, str]]]:
+        """Images and, per image, where each concept (or content word) attends, as captioned overlays."""
+        with self._lock(user):
+            images, overlays, _ = generate_with_maps(
+                self.base, self.session(user), prompt, config, checkpoint, progress
+            )
+            return images, overlays
 
     def forgetting(
         self, user: str, config: GenerateConfig, progress: Callable[[int, int], None] | None = None

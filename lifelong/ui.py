@@ -198,16 +198,20 @@ def learn_job(
 
 
 def _generate_duration(
-    key: str, user: str, prompt: str, config: GenerateConfig, progress: gr.Progress
+    key: str, user: str, prompt: str, config: GenerateConfig, maps: bool, progress: gr.Progress
 ) -> int:
-    return int(15 + 2 * config.steps * config.num_images * GPU_SECONDS_PER_SAMPLE)
+    guided = config.attention_steps if config.caa or config.oaa else 0  # guided steps run the UNet twice
+    return int(15 + 2 * (config.steps + guided) * config.num_images * GPU_SECONDS_PER_SAMPLE)
 
 
 @spaces.GPU(duration=_generate_duration)
 def generate_job(
-    key: str, user: str, prompt: str, config: GenerateConfig, progress: gr.Progress
-) -> list[Image.Image]:
-    return _STUDIOS[key].generate(user, prompt, config, progress=_reporter(progress))
+    key: str, user: str, prompt: str, config: GenerateConfig, maps: bool, progress: gr.Progress
+) -> tuple[list[Image.Image], list[tuple[Image.Image, str]]]:
+    studio = _STUDIOS[key]
+    if maps:
+        return studio.generate_with_maps(user, prompt, config, progress=_reporter(progress))
+    return studio.generate(user, prompt, config, progress=_reporter(progress)), []
 
 
 def _forgetting_duration(key: str, user: str, config: GenerateConfig, progress: gr.Progress) -> int:
@@ -255,11 +259,13 @@ class Handlers:
         learn_form: Form[LearnConfig],
         prompt: gr.Textbox,
         generate_form: Form[GenerateConfig],
+        show_maps: gr.Checkbox,
     ) -> None:
         self.studio = studio
         self.key = register(studio)
         self.images, self.name, self.class_word, self.method = images, name, class_word, method
         self.learn_form, self.prompt, self.generate_form = learn_form, prompt, generate_form
+        self.show_maps = show_maps
 
     @property
     def learn_inputs(self) -> set[gr.components.Component]:
@@ -267,7 +273,7 @@ class Handlers:
 
     @property
     def generate_inputs(self) -> set[gr.components.Component]:
-        return {self.prompt, *self.generate_form.components}
+        return {self.prompt, self.show_maps, *self.generate_form.components}
 
     @user_errors
     def load(self, request: gr.Request) -> tuple[list[tuple[str, str]], gr.Dataset, str]:
@@ -317,9 +323,13 @@ class Handlers:
     @user_errors
     def generate(
         self, data: dict[Any, Any], request: gr.Request, progress: gr.Progress = TRACKER
-    ) -> list[Image.Image]:
+    ) -> tuple[list[Image.Image], gr.Gallery]:
         config = self.generate_form.parse_dict(data)
-        return generate_job(self.key, request.session_hash, data[self.prompt], config, progress)
+        maps = bool(data[self.show_maps])
+        images, overlays = generate_job(
+            self.key, request.session_hash, data[self.prompt], config, maps, progress
+        )
+        return images, gr.Gallery(value=overlays, visible=maps)
 
     @user_errors
     def forgetting(

@@ -72,19 +72,30 @@ class Form(Generic[C]):
     components: list[gr.components.Component]
 
     @classmethod
-    def build(cls, config_cls: type[C], exclude: Iterable[str] = (), defaults: C | None = None) -> Form[C]:
-        """Create the components (inside a Blocks context) for every field not in ``exclude``."""
+    def build(
+        cls,
+        config_cls: type[C],
+        exclude: Iterable[str] = (),
+        only: Iterable[str] | None = None,
+        defaults: C | None = None,
+    ) -> Form[C]:
+        """Create the components (inside a Blocks context) for the fields in ``only`` (default: all) that
+        are not in ``exclude``."""
         hints = get_type_hints(config_cls)
         help_text = field_help(config_cls)
         instance = defaults if defaults is not None else config_cls()
         names, components = [], []
         for item in dataclasses.fields(config_cls):  # type: ignore[arg-type]
-            if item.name in set(exclude):
+            if item.name in set(exclude) or (only is not None and item.name not in set(only)):
                 continue
             default = getattr(instance, item.name)
             names.append(item.name)
             components.append(_component(item.name, hints[item.name], default, help_text.get(item.name)))
         return cls(config_cls, names, components)
+
+    def __add__(self, other: Form[C]) -> Form[C]:
+        """One form from two built for the same config in different places of the layout."""
+        return Form(self.cls, self.names + other.names, self.components + other.components)
 
     def parse(self, *values: Any, base: C | None = None, **fixed: Any) -> C:
         """A config from the components' values (in ``components`` order) plus ``fixed`` fields."""

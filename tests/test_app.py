@@ -75,7 +75,7 @@ def learn(client: Client, images: list[str], name: str, class_word: str = "", st
 
 
 def generate(client: Client, prompt: str, num_images: int = 2, steps: int = 4) -> np.ndarray:
-    out = call(client, "/generate", Prompt=prompt, Steps=steps, **{"Num images": num_images, "Seed": 3})
+    out, _ = call(client, "/generate", Prompt=prompt, Steps=steps, **{"Num images": num_images, "Seed": 3})
     return np.stack([np.asarray(Image.open(item["image"]).convert("RGB")) for item in out])
 
 
@@ -95,6 +95,12 @@ def test_learn_example_generate_export_reimport(served, base, tmp_path):
     images = generate(client, f"a <{example.name}> {example.class_word}")
     assert images.shape == (2, base.resolution, base.resolution, 3)
     assert images.std() > 1.0 and not np.array_equal(images[0], images[1])  # seeds 3 and 4 differ
+
+    _, maps = call(
+        client, "/generate", Prompt=f"a <{example.name}>", Steps=2, **{"Show attention maps": True}
+    )
+    assert maps["visible"] is True  # an update: the maps gallery appears only when asked for
+    assert [item["caption"] for item in maps["value"]] == [f"image 1: <{example.name}>"]
 
     exported = Path(call(client, "/export"))
     assert exported.suffix == ".zip" and exported.stat().st_size > 0

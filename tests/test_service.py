@@ -1,0 +1,153 @@
+"""The app's logic without a browser: per-user workspaces, cancel, forgetting report, import checks, forms."""
+
+from __future__ import annotations
+
+import os
+import time
+import zipfile
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from conftest import pattern_images
+from PIL import Image
+from tiny_clip import tiny_clip
+
+from lifelong.concepts import load_checkpoint, save_checkpoint
+from lifelong.errors import Cancelled, SessionFormatError
+from lifelong.generate import GenerateConfig, generate
+from lifelong.learner import LearnConfig
+from lifelong.service import ClipScorer, Studio, upload_notes
+from lifelong.ui_forms import Form, field_help
+
+FAST = GenerateConfig(steps=2, num_images=2, seed=5)
+
+
+@pytest.fixture
+def studio(tiny_base, tmp_path):
+    return Studio(tiny_base, root=tmp_path / "sessions")
+
+
+def test_learn_fills_the_timeline_and_cancel_changes_nothing(studio):
+    studio.learn("alice", pattern_images(), "rex", "dog", LearnConfig(steps=3))
+    [entry] = studio.timeline("alice")
+    assert (entry.index, entry.token, entry.method) == (1, "<rex>", "finetune")
+    assert entry.caption.startswith("1. <rex> · finetune · ") and entry.thumbnail.is_file()
+    manifest = (studio.session("alice").root / "manifest.json").read_bytes()
+
+    def cancel_at_two(progress):
+        if progress.step == 2:
+            studio.cancel("alice")
+
+    with pytest.raises(Cancelled, match="nothing was changed"):
+        studio.learn("alice", pattern_images(seed=1), "mug", "mug", LearnConfig(steps=20), cancel_at_two)
+    assert (studio.session("alice").root / "manifest.json").read_bytes() == manifest
+    assert studio.tokens("alice") == ["<rex>"] and studio.tokens("bob") == []
+
+
+def test_forgetting_compares_each_earlier_concept_and_fills_the_ia_matrix(tiny_base, tmp_path):
+    studio = Studio(tiny_base, root=tmp_path, scorer=ClipScorer(tiny_clip()))
+    for name, seed in (("rex", 0), ("mug", 1)):
+        studio.learn("u", pattern_images(seed=seed), name, "toy", LearnConfig(steps=3, seed=seed))
+    calls = []
+    report = studio.forgetting("u", FAST, lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (3, 3)  # IA(1,1), IA(1,2), IA(2,2)
+    [item] = report.comparisons
+    session = studio.session("u")
+    right_after = generate(tiny_base, session, "a <rex> toy", FAST, checkpoint=1)[0]
+    now = generate(tiny_base, session, "a <rex> toy", FAST, checkpoint=2)[0]
+    assert np.array_equal(np.asarray(item.after), np.asarray(right_after))
+    assert np.array_equal(np.asarray(item.now), np.asarray(now))
+    assert report.matrix is not None and np.isnan(report.matrix[1, 0])
+    assert np.isfinite(report.matrix[[0, 0, 1], [0, 1, 1]]).all()
+    assert item.ia_drop == pytest.approx(report.matrix[0, 0] - report.matrix[0, 1])
+
+    plain = Studio(tiny_base, root=tmp_path, scorer_note="no eval CLIP here.")
+    report = plain.forgetting("u", FAST)
+    assert report.matrix is None and report.comparisons[0].ia_drop is None
+    assert "No IA numbers: no eval CLIP here." in report.note
+
+
+def test_one_concept_has_nothing_to_forget_yet(studio):
+    studio.learn("u", pattern_images(), "rex", "dog", LearnConfig(steps=2))
+    report = studio.forgetting("u", FAST)
+    assert report.comparisons == [] and "at least two concepts" in report.note
+
+
+def test_import_replaces_the_session_and_refuses_one_from_another_model(studio, tmp_path):
+    studio.learn("a", pattern_images(), "rex", "dog", LearnConfig(steps=2))
+    exported = studio.export("a")
+    studio.learn("b", pattern_images(seed=3), "mug", "mug", LearnConfig(steps=2))
+    studio.import_file("b", exported)
+    assert studio.tokens("b") == ["<rex>"]
+
+    # the same file with K/V deltas of another shape: a session learned on a different base model
+    foreign = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(exported) as source, zipfile.ZipFile(foreign, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith(".safetensors"):
+                path = tmp_path / "ckpt.safetensors"
+                path.write_bytes(data)
+                delta, _ = load_checkpoint(path)
+                delta.tensors = {key: torch.zeros(3, 3) for key in delta.tensors}
+                save_checkpoint(path, delta)
+                data = path.read_bytes()
+            target.writestr(item, data)
+    with pytest.raises(SessionFormatError, match="another base model"):
+        studio.import_file("b", foreign)
+    assert studio.tokens("b") == ["<rex>"]
+    (tmp_path / "junk.zip").write_text("not a zip")
+    with pytest.raises(SessionFormatError):
+        studio.import_file("b", tmp_path / "junk.zip")
+    assert studio.tokens("b") == ["<rex>"]
+
+
+def test_workspaces_are_keyed_safely_swept_when_old_and_reset(studio):
+    with pytest.raises(SessionFormatError):
+        studio.folder("../escape")
+    studio.session("old")
+    studio.session("fresh")
+    past = time.time() - 7200
+    os.utime(studio.folder("old"), (past, past))
+    assert studio.sweep(max_age_s=3600) == ["old"]
+    assert not studio.folder("old").exists() and studio.folder("fresh").exists()
+    studio.learn("fresh", pattern_images(), "rex", "dog", LearnConfig(steps=1))
+    studio.reset("fresh")
+    assert studio.tokens("fresh") == []
+    with pytest.raises(SessionFormatError, match="Nothing to export"):
+        studio.export("fresh")
+
+
+def test_upload_notes_say_what_happens_to_odd_images(tmp_path):
+    rgb = Image.new("RGB", (80, 60), (200, 10, 10))
+    rgb.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    rgb.convert("RGBA").save(tmp_path / "alpha.png")
+    rgb.save(tmp_path / "anim.gif", save_all=True, append_images=[rgb.rotate(90)])
+    rgb.resize((12000, 200)).save(tmp_path / "huge.png")
+    notes = upload_notes([str(tmp_path / n) for n in ("cmyk.jpg", "alpha.png", "anim.gif", "huge.png")])
+    text = "\n".join(notes)
+    assert "CMYK pixels are converted to RGB" in text
+    assert "transparent areas become white" in text
+    assert "only its first frame is used" in text
+    assert "shrunk from 12000×200 px" in text
+    assert upload_notes([rgb])[0].startswith("1 image(s): learning works, but 3–5 images work best")
+
+
+def test_forms_are_generated_from_the_dataclass_and_parse_back():
+    with gr.Blocks():
+        form = Form.build(LearnConfig, exclude={"method"})
+    kinds = dict(zip(form.names, (type(c).__name__ for c in form.components), strict=True))
+    assert "method" not in kinds
+    assert (kinds["steps"], kinds["augment"], kinds["learning_rate"], kinds["settings"]) == (
+        "Slider",
+        "Checkbox",
+        "Number",
+        "Textbox",
+    )
+    values = {name: component.value for name, component in zip(form.names, form.components, strict=True)}
+    values.update(steps=7.0, augment=False, settings="lambda_kd = 0.5\n\nmode=fast")
+    config = form.parse(*values.values(), method="finetune")
+    assert (config.steps, config.augment, config.settings) == (7, False, {"lambda_kd": 0.5, "mode": "fast"})
+    assert field_help(LearnConfig)["augment"] == "horizontal flips and random crops, encoded once"
