@@ -6,6 +6,7 @@ learning steps; every check reads what a user would see (timeline captions, imag
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -143,6 +144,31 @@ def test_two_sessions_see_only_their_own_concepts(served):
             generate(client, f"a <{other.name}>", num_images=1, steps=1)
 
 
+def test_cancel_stops_learning_and_keeps_what_was_learned(served):
+    url, _ = served
+    client = Client(url, verbose=False)
+    good = examples()[2].images
+    learn(client, good, "first", steps=2)
+    endpoint = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/learn"]
+    values = {
+        "3–5 images of your concept (drop them here)": [{"image": handle_file(p)} for p in good],
+        "Concept name": "second",
+        "Steps": 1000,
+    }
+    job = client.submit(
+        *[values.get(p["label"], p.get("parameter_default")) for p in endpoint["parameters"]],
+        api_name="/learn",
+    )
+    deadline = time.time() + 120
+    while not (job.status().progress_data or []) and time.time() < deadline:
+        time.sleep(0.2)  # wait until training steps are being reported
+    assert "step" in (job.status().progress_data[0].desc or "")
+    client.predict(api_name="/cancel")
+    timeline, _, status = job.result(timeout=120)
+    assert status.startswith("Cancelled: learning <second> was cancelled at step")
+    assert [c.split(" · ")[0] for c in captions(timeline)] == ["1. <first>"]
+
+
 def test_bad_learn_input_says_what_to_do_and_keeps_the_session(served, tmp_path):
     url, _ = served
     client = Client(url, verbose=False)
@@ -191,7 +217,7 @@ BROWSER = Path("/usr/bin/chromium")
 @pytest.mark.skipif(
     not BROWSER.exists(), reason="needs Debian's chromium: apt-get install chromium chromium-driver"
 )
-def test_browser_upload_learn_generate_screenshot(served):
+def test_browser_upload_learn_generate_screenshot(served, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -219,8 +245,7 @@ def test_browser_upload_learn_generate_screenshot(served):
         driver.find_element(By.ID, "generate-button").click()
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#generated img")))
         time.sleep(1)
-        shot = REPO_ROOT / "docs" / "screenshot.png"
-        shot.parent.mkdir(exist_ok=True)
+        shot = Path(os.environ.get("LIFELONG_SCREENSHOT") or tmp_path / "app.png")  # README's: docs/
         driver.save_screenshot(str(shot))
     finally:
         driver.quit()
