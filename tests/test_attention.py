@@ -21,6 +21,7 @@ from lifelong.attention import (
 from lifelong.base import BaseConfig, prepare_base
 from lifelong.concepts import Session
 from lifelong.encoding import decode, encode_text
+from lifelong.errors import Cancelled
 from lifelong.generate import GenerateConfig, denoise, generate, initial_noise
 from lifelong.learner import LearnConfig, learn
 
@@ -94,6 +95,15 @@ def test_both_off_is_plain_generation_bit_for_bit_and_swaps_nothing(sharp_base, 
     assert seen == [False] * OFF.steps
     generate(sharp_base, two_concepts, PROMPT, GenerateConfig(steps=2), progress=processors)
     assert seen[-2:] == [True, True]  # guidance swaps processors in for the run ...
+    assert not any(isinstance(p, CaptureProcessor) for p in sharp_base.pipe.unet.attn_processors.values())
+
+
+def test_processors_are_restored_when_generation_stops_midway(sharp_base, two_concepts):
+    def stop(progress):
+        raise Cancelled("stopped")
+
+    with pytest.raises(Cancelled):
+        generate(sharp_base, two_concepts, PROMPT, dataclasses.replace(OFF, caa=True), progress=stop)
     assert not any(isinstance(p, CaptureProcessor) for p in sharp_base.pipe.unet.attn_processors.values())
 
 
