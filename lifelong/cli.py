@@ -13,6 +13,7 @@ from lifelong.concepts import Session
 from lifelong.errors import LifelongError
 from lifelong.generate import GenerateConfig, generate
 from lifelong.learner import LearnConfig, learn
+from lifelong.methods import describe
 from lifelong.overrides import override, parse_pairs
 from lifelong.progress import Progress
 
@@ -77,6 +78,10 @@ def _info(args: argparse.Namespace) -> None:
         )
 
 
+def _methods(args: argparse.Namespace) -> None:
+    print(describe())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lifelong", description="Teach a diffusion model concepts, one after another."
@@ -93,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     learn_p.add_argument("--session", required=True, type=Path)
     learn_p.add_argument("--name", required=True, help="concept name; prompts use it as <name>")
     learn_p.add_argument("--class-word", default="", help="what it is, e.g. dog")
-    learn_p.add_argument("--method", default=None)
+    learn_p.add_argument("--method", default=None, help="see `python -m lifelong methods` (default finetune)")
     learn_p.add_argument("--steps", type=int, default=None)
     learn_p.add_argument(
         "--set",
@@ -122,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     info_p = sub.add_parser("info", help="list a session's checkpoints")
     info_p.add_argument("--session", required=True, type=Path)
     info_p.set_defaults(run=_info)
+
+    methods_p = sub.add_parser("methods", help="list the learning methods and their settings")
+    methods_p.set_defaults(run=_methods)
     return parser
 
 

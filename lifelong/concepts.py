@@ -53,6 +53,7 @@ class Concept:
     checkpoint: str
     prompts: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    stacked: bool = True  # False: learned from the base and mixed in by the prompts that name it (routed)
     seconds: float = 0.0
     final_loss: float = float("nan")
     created: str = ""
@@ -237,10 +238,23 @@ class Session:
             raise CheckpointError(f"checkpoint {k} does not exist: this session has checkpoints 0–{latest}.")
         return k
 
-    def state(self, checkpoint: int, slot_token_ids: Sequence[int]) -> ModelState:
-        """The model state at ``checkpoint``: every concept up to it stacked on the base."""
+    def state(self, checkpoint: int, slot_token_ids: Sequence[int], prompt: str | None = None) -> ModelState:
+        """The model state at ``checkpoint`` for ``prompt``: concepts up to it, weighted by :meth:`weights`."""
         deltas = [self.checkpoint(i)[0] for i in range(1, checkpoint + 1)]
-        return compose(deltas, slot_token_ids[:checkpoint])
+        return compose(deltas, slot_token_ids[:checkpoint], self.weights(checkpoint, prompt))
+
+    def weights(self, checkpoint: int, prompt: str | None = None) -> list[float]:
+        """Weight of each concept's deltas up to ``checkpoint``: 1 for stacked concepts; for unstacked
+        (routed) ones, their share of the prompt's mentions of unstacked concepts, so a prompt naming only
+        one of them gets its deltas alone and a prompt naming none gets none (the base weights)."""
+        concepts = self.concepts[:checkpoint]
+        named = [
+            i for i in self.named_concepts(prompt or "") if i <= checkpoint and not concepts[i - 1].stacked
+        ]
+        return [
+            1.0 if concept.stacked else named.count(index) / len(named) if named else 0.0
+            for index, concept in enumerate(concepts, start=1)
+        ]
 
     def named_concepts(self, prompt: str) -> list[int]:
         """1-based indices of the session's concepts that ``prompt`` names as ``<name>``, in order."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from diffusers import DDIMScheduler
 from PIL import Image
 
 from lifelong.adapters import use_state
@@ -40,6 +41,10 @@ class GenerateConfig:
     caa_threshold: float = 0.8  # peak attention (share of the words at a location) each concept should reach
     oaa_threshold: float = 0.0  # overlap of normalised maps tolerated between concepts
     attention_res: int = 0  # side of the attention grid to use; 0 = automatic
+    # in-context generation (ICGen): start from a named concept's stored image latent noised to this
+    # strength; 1 = plain text-to-image
+    icgen_strength: float = 1.0
+    icgen_context: str = "mean"  # which stored latent: "mean" of them, or an image index "0", "1", ...
 
 
 def _check(prompt: str, config: GenerateConfig) -> None:
@@ -49,6 +54,10 @@ def _check(prompt: str, config: GenerateConfig) -> None:
         raise InvalidPromptError(f"Ask for 1 to {MAX_IMAGES} images at a time.")
     if not 1 <= config.steps <= 200:
         raise InvalidPromptError("Use between 1 and 200 sampling steps.")
+    if not 0.0 < config.icgen_strength <= 1.0:
+        raise InvalidPromptError("icgen_strength must be in (0, 1]; 1 means plain text-to-image.")
+    if config.icgen_context != "mean" and not config.icgen_context.isdigit():
+        raise InvalidPromptError("icgen_context is 'mean' or the index of a context image, e.g. 0.")
 
 
 def initial_noise(base: BaseModel, seeds: list[int]) -> torch.Tensor:
@@ -69,18 +78,24 @@ def denoise(
     config: GenerateConfig,
     progress: ProgressFn | None = None,
     attention: AttentionControl | None = None,
+    context: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DDIM with classifier-free guidance from pure noise (``latents``) to clean latents.
 
-    ``attention`` (CAA/OAA) may move the latents before each step's noise prediction.
+    ``attention`` (CAA/OAA) may move the latents before each step's noise prediction. With a ``context``
+    latent and ``config.icgen_strength`` < 1 sampling starts from the context instead (ICGen).
     """
     unet = base.pipe.unet
     scheduler = base.sampling_scheduler()
     scheduler.set_timesteps(config.steps, device=base.device)
-    latents = latents * scheduler.init_noise_sigma
+    timesteps = scheduler.timesteps
+    if context is not None and config.icgen_strength < 1.0:
+        latents, timesteps = noised_context(scheduler, context, latents, config.icgen_strength)
+    else:
+        latents = latents * scheduler.init_noise_sigma
     batch = len(latents)
     embeddings = torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)])
-    for index, t in enumerate(scheduler.timesteps):
+    for index, t in enumerate(timesteps):
         if attention is not None:
             latents = attention.guide(index, t, latents, scheduler)
         model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t).to(unet.dtype)
@@ -88,8 +103,35 @@ def denoise(
         eps = eps_uncond + config.guidance_scale * (eps_cond - eps_uncond)
         latents = scheduler.step(eps, t, latents).prev_sample
         if progress is not None:
-            progress(Progress(index + 1, len(scheduler.timesteps), message="generating"))
+            progress(Progress(index + 1, len(timesteps), message="generating"))
     return latents
+
+
+def noised_context(
+    scheduler: DDIMScheduler, context: torch.Tensor, noise: torch.Tensor, strength: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Img2img start: keep the last ``strength`` share of the timesteps (at least one) and noise the
+    context latent to the first kept one. Returns the start latents and the timesteps left to run."""
+    timesteps = scheduler.timesteps
+    kept = max(1, round(len(timesteps) * strength))
+    remaining = timesteps[len(timesteps) - kept :]
+    start = remaining[:1].repeat(len(noise))
+    return scheduler.add_noise(context.expand_as(noise).to(noise), noise, start), remaining
+
+
+def vision_context(session: Session, prompt: str, checkpoint: int, choice: str) -> torch.Tensor | None:
+    """The stored context latent of the first concept ``prompt`` names that has one (ICGen), or None."""
+    for index in session.named_concepts(prompt):
+        context = session.checkpoint(index)[1].get("context") if index <= checkpoint else None
+        if context is None:
+            continue
+        if choice == "mean":
+            return context.mean(0, keepdim=True)
+        if int(choice) >= len(context):
+            name = session.concepts[index - 1].token
+            raise InvalidPromptError(f"{name} has {len(context)} context images: pick 0–{len(context) - 1}.")
+        return context[int(choice)][None]
+    return None
 
 
 def generate(
@@ -111,8 +153,11 @@ def generate(
     text = session.rewrite_prompt(prompt, k)
     negative = session.rewrite_prompt(config.negative_prompt, k)
     seeds = [config.seed + i for i in range(config.num_images)]
-    with use_state(base, session.state(k, base.slot_token_ids)), torch.no_grad():
+    context = vision_context(session, prompt, k, config.icgen_context) if config.icgen_strength < 1 else None
+    with use_state(base, session.state(k, base.slot_token_ids, prompt)), torch.no_grad():
         cond, uncond = encode_text(base, [text]), encode_text(base, [negative])
         with attention_control(base, text, session.names()[:k], cond, config, record) as control:
-            latents = denoise(base, initial_noise(base, seeds), cond, uncond, config, progress, control)
+            latents = denoise(
+                base, initial_noise(base, seeds), cond, uncond, config, progress, control, context
+            )
         return decode(base, latents)

@@ -26,7 +26,7 @@ from lifelong.concepts import Concept, Session
 from lifelong.encoding import encode_images, encode_text, tokenize
 from lifelong.errors import Cancelled, DuplicateConceptError, SessionFullError
 from lifelong.intake import ImageSource, load_images, square, validate_class_word, validate_name
-from lifelong.methods import get_method
+from lifelong.methods import AfterLearnContext, BuildContext, get_method
 from lifelong.progress import CancelToken, Progress, ProgressFn
 
 
@@ -46,7 +46,8 @@ class LearnConfig:
     augment: bool = True  # horizontal flips and random crops, encoded once
     seed: int = 0
     prompt_template: str = "a {token} {class_word}"
-    settings: dict[str, float | int | str | bool] = field(default_factory=dict)  # method settings
+    # the method's settings, see `python -m lifelong methods`
+    settings: dict[str, float | int | str | bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +74,10 @@ class StepContext:
     def student(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         with self.base.accelerator.autocast():
             return self.base.pipe.unet(noisy, timesteps, embeddings).sample.float()
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the UNet should predict for ``latents`` noised with ``noise`` (ε, or v for v-models)."""
+        return _target(self.base, latents, noise, timesteps)
 
 
 class Regularizer(Protocol):
@@ -115,7 +120,7 @@ def concept_loss(
     samples: int = 32,
 ) -> float:
     """Mean diffusion loss of ``images`` under ``prompt`` at ``checkpoint``, with fixed noise and timesteps."""
-    state = session.state(checkpoint, base.slot_token_ids)
+    state = session.state(checkpoint, base.slot_token_ids, prompt)
     generator = torch.Generator().manual_seed(seed)
     with use_state(base, state):
         latents = encode_images(base, [square(image, base.resolution) for image in images])
@@ -152,9 +157,11 @@ def learn(
     """Learn concept ``name`` from ``images`` as the session's next checkpoint.
 
     Every input is validated before anything is touched; the session is written only after the last step.
+    The method (``config.method``, with ``config.settings``) adds its regularisers to ``regularizers``.
     """
     config = config or LearnConfig()
     method = get_method(config.method)
+    settings = method.resolve(config.settings)
     name, class_word = validate_name(name), validate_class_word(class_word)
     if name in session.names():
         raise DuplicateConceptError(f"<{name}> is already in this session; choose another name.")
@@ -169,18 +176,21 @@ def learn(
     generator = torch.Generator(device=base.device).manual_seed(config.seed)
     token_id = base.slot_token_ids[slot]
     prompt = " ".join(config.prompt_template.format(token=slot_token(slot), class_word=class_word).split())
-    # stacked methods learn on top of the previous checkpoint; the others on the base, earlier tokens kept
-    state = session.state(slot if method.stack else 0, base.slot_token_ids)
-    state.embeddings.update(
-        {base.slot_token_ids[i]: session.checkpoint(i + 1)[0].embedding for i in range(slot)}
-    )
+    # every concept learns on top of the stacked concepts before it (routed ones are off without a prompt
+    # naming them), with every earlier token's embedding; this state is also the distillation teacher
+    state = session.state(slot, base.slot_token_ids)
+    # built while the shared base is pristine: factories may generate with the base or any checkpoint
+    build = BuildContext(base, session, slot, prompt, class_word, settings, state, config.seed)
+    regularizers = [*method.regularizers(build), *regularizers]
     losses: list[float] = []
     with use_state(base, state):
         init = token_embedding(base, class_word or name)
         views = [view for image in clean for view in _views(image, base.resolution, config.augment, rng)]
         latents_all = encode_images(base, views)
         ids = tokenize(base, [prompt])
-        with trainable(base, config.params or method.kind, token_id, init, config.lora_rank) as trainset:
+        with trainable(
+            base, config.params or method.trainable_kind, token_id, init, config.lora_rank
+        ) as trainset:
             optimizer = torch.optim.AdamW(
                 [
                     {"params": trainset.weight_parameters(), "lr": config.learning_rate},
@@ -245,6 +255,9 @@ def learn(
                         )
                     )
             delta = trainset.extract()
+            extras = method.after_learn(
+                AfterLearnContext(base, session, trainset, slot, prompt, clean, settings, config.seed)
+            )
     concept = Concept(
         name=name,
         class_word=class_word,
@@ -252,10 +265,11 @@ def learn(
         images=[],
         checkpoint="",
         prompts=[config.prompt_template.format(token=f"<{name}>", class_word=class_word)],
-        settings=asdict(config),
+        settings={**asdict(config), "settings": settings},
+        stacked=method.stack,
         seconds=round(time.perf_counter() - started, 3),
         final_loss=float(sum(losses[-10:]) / max(1, len(losses[-10:]))),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    session.add_concept(concept, clean, delta)
+    session.add_concept(concept, clean, delta, extras)
     return LearnResult(concept, losses)

@@ -1,31 +1,200 @@
-"""Methods: how a session learns the next concept, as named configurations of the one learner."""
+"""Methods: how a session learns the next concept, as named configurations of the one learner.
+
+A method picks the trainable parametrization (``kind``), whether it learns on top of the previous
+checkpoint (``stack``) and a set of *components*. A component is one mechanism: its settings (with defaults,
+bounds and a one-line description), a regulariser factory called before training, and/or an after-learn
+hook whose tensors are stored with the concept (``extra.*`` in its checkpoint). Methods combine with ``+``
+("routed+dfkd", "finetune+icgen"): the components are merged, kinds and stacking must agree.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image
 
 from lifelong.errors import UnknownMethodError
+from lifelong.regularizers import clora, dfkd, ecd, icgen, memory, prior, tame
+from lifelong.settings import Setting, Value
+
+if TYPE_CHECKING:
+    from lifelong.adapters import ModelState, TrainableSet
+    from lifelong.base import BaseModel
+    from lifelong.concepts import Session
+    from lifelong.learner import Regularizer
+
+
+@dataclass
+class BuildContext:
+    """What a regulariser factory sees before training starts (the base is pristine at that moment)."""
+
+    base: BaseModel
+    session: Session
+    slot: int  # 0-based index of the concept being learned
+    prompt: str  # its training prompt, with its slot token
+    class_word: str
+    settings: dict[str, Value]
+    state: ModelState  # what the concept is trained on top of: the teacher
+    seed: int
+    shared: dict[str, Any] = field(default_factory=dict)  # computed once, used by several components
+
+
+@dataclass
+class AfterLearnContext:
+    """What an after-learn hook sees: the live model is the new checkpoint."""
+
+    base: BaseModel
+    session: Session
+    trainset: TrainableSet
+    slot: int
+    prompt: str
+    images: Sequence[Image.Image]  # the clean (unaugmented) images the concept was learned from
+    settings: dict[str, Value]
+    seed: int
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    settings: dict[str, Setting]
+    build: Callable[[BuildContext], Regularizer] | None = None
+    after_learn: Callable[[AfterLearnContext], dict[str, torch.Tensor]] | None = None
+
+
+COMPONENTS: dict[str, Component] = {
+    "prior": Component("prior", prior.SETTINGS, build=prior.build),
+    "clora": Component("clora", clora.SETTINGS, build=clora.build),
+    "dfkd": Component("dfkd", dfkd.SETTINGS, build=dfkd.build),
+    "icgen": Component("icgen", icgen.SETTINGS, after_learn=icgen.after_learn),
+    "memory": Component("memory", memory.SETTINGS, after_learn=memory.after_learn),
+    "tame": Component("tame", tame.SETTINGS, build=tame.build),
+    "ecd": Component("ecd", ecd.SETTINGS, build=ecd.build),
+}
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     description: str
-    kind: str = "kv"  # trainable parametrization: "kv" (full K/V increments) or "lora"
-    stack: bool = True  # learn on top of the previous checkpoint; False: from the base (kept separate)
+    kind: str | None = None  # "kv" (full K/V increments), "lora", or None: no preference (kv)
+    stack: bool = True  # learn on top of the previous checkpoint; False: from the base, mixed by prompt
+    components: tuple[str, ...] = ()
+
+    @property
+    def trainable_kind(self) -> str:
+        return self.kind or "kv"
+
+    def settings(self) -> dict[str, Setting]:
+        merged: dict[str, Setting] = {}
+        for name in self.components:
+            merged.update(COMPONENTS[name].settings)
+        return merged
+
+    def resolve(self, given: Mapping[str, Any]) -> dict[str, Value]:
+        """Every setting of the method: defaults overridden by ``given``; unknown names are refused."""
+        known = self.settings()
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            names = ", ".join(sorted(known)) or "none"
+            raise UnknownMethodError(f"{self.name} has no setting {unknown[0]!r}; its settings are: {names}.")
+        return {key: setting.convert(key, given.get(key, setting.default)) for key, setting in known.items()}
+
+    def regularizers(self, build: BuildContext) -> list[Regularizer]:
+        return [COMPONENTS[n].build(build) for n in self.components if COMPONENTS[n].build]  # type: ignore[misc]
+
+    def after_learn(self, ctx: AfterLearnContext) -> dict[str, torch.Tensor]:
+        extras: dict[str, torch.Tensor] = {}
+        for name in self.components:
+            hook = COMPONENTS[name].after_learn
+            if hook is not None:
+                extras.update(hook(ctx))
+        return extras
 
 
 METHODS: dict[str, Method] = {
-    "finetune": Method(
-        "finetune", "Plain sequential fine-tuning of cross-attention K/V and the token (forgets)."
-    ),
+    method.name: method
+    for method in (
+        Method("finetune", "Plain sequential fine-tuning of cross-attention K/V and the token (forgets)."),
+        Method(
+            "custom-diffusion",
+            "K/V + token with prior preservation on class images the base model generates (cached).",
+            components=("prior",),
+        ),
+        Method(
+            "c-lora",
+            "LoRA on K/V, penalising overlap with the sum of earlier concepts' updates (C-LoRA).",
+            kind="lora",
+            components=("clora",),
+        ),
+        Method(
+            "dfkd",
+            "Data-free distillation from the previous checkpoint on noise latents over a prompt pool.",
+            components=("dfkd",),
+        ),
+        Method(
+            "icgen",
+            "Stores a few image latents as vision context; generation can start from them (icgen_strength).",
+            components=("icgen",),
+        ),
+        Method(
+            "tame",
+            "Rainbow memory: replays generated samples of concepts, most-forgotten first (diffusion loss).",
+            components=("memory", "tame"),
+        ),
+        Method(
+            "ecd",
+            "Distils the previous checkpoint on memory samples, weighted by each concept's forgetting.",
+            components=("memory", "ecd"),
+        ),
+        Method("l2dm", "L2DM: tame + ecd.", components=("memory", "tame", "ecd")),
+        Method("lfs", "LFS-Diffusion: dfkd + icgen.", components=("dfkd", "icgen")),
+        Method(
+            "routed",
+            "Each concept's deltas learned from the base, kept apart, mixed by the concepts a prompt names.",
+            stack=False,
+        ),
+    )
 }
 
 DEFAULT_METHOD = "finetune"
 
 
 def get_method(name: str) -> Method:
-    try:
+    """A registered method, or a ``+`` combination of them (components merged in order)."""
+    parts = [part.strip() for part in name.split("+")]
+    unknown = [part for part in parts if part not in METHODS]
+    if unknown or not parts:
+        raise UnknownMethodError(
+            f"unknown method {unknown[0] if unknown else name!r}; choose one of: {', '.join(METHODS)} "
+            "(combine with +, e.g. routed+dfkd)."
+        )
+    if len(parts) == 1:
         return METHODS[name]
-    except KeyError as error:
-        raise UnknownMethodError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}.") from error
+    methods = [METHODS[part] for part in parts]
+    kinds = {method.kind for method in methods if method.kind is not None}
+    if len(kinds) > 1:
+        raise UnknownMethodError(f"{name} mixes trainable kinds {sorted(kinds)}; pick methods that agree.")
+    components = tuple(dict.fromkeys(c for method in methods for c in method.components))
+    return Method(
+        "+".join(parts),
+        " + ".join(method.name for method in methods),
+        kind=next(iter(kinds), None),
+        stack=all(method.stack for method in methods),
+        components=components,
+    )
+
+
+def describe() -> str:
+    """Every method with its description and settings, as ``python -m lifelong methods`` prints it."""
+    lines = []
+    for method in METHODS.values():
+        lines.append(f"{method.name:17s} {method.description}")
+        for key, setting in method.settings().items():
+            bounds = "" if setting.high is None else f" (max {setting.high:g})"
+            pair = f"{key}={setting.default}"
+            lines.append(f"    {pair:<30} {setting.description}{bounds}")
+    lines.append("Combine methods with +, e.g. routed+dfkd or tame+icgen; set options with --set key=value.")
+    return "\n".join(lines)

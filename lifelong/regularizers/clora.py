@@ -1,0 +1,43 @@
+"""C-LoRA's forgetting penalty: the new LoRA update must avoid the weights earlier concepts changed.
+
+With P_m = Σ_{j<k} ΔW_m^j the sum of earlier concepts' updates of module m and ΔW_m = B_m A_m the live
+LoRA update,
+
+    L = λ · Σ_m mean((P_m ⊙ ΔW_m)²)
+
+zero for the first concept, growing with the element-wise overlap. (C-LoRA, Smith et al. 2023; we average
+over a module's elements so λ does not depend on the model's width.)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from lifelong.settings import Setting
+
+if TYPE_CHECKING:
+    from lifelong.learner import StepContext
+    from lifelong.methods import BuildContext
+
+SETTINGS = {"clora_weight": Setting(1e6, "λ: weight of the overlap penalty", 0.0)}
+
+
+class OverlapPenalty:
+    name = "c-lora"
+
+    def __init__(self, earlier: dict[str, torch.Tensor], weight: float) -> None:
+        self.earlier, self.weight = earlier, weight
+
+    def loss(self, ctx: StepContext) -> torch.Tensor:
+        total = ctx.latents.new_zeros(())
+        for module, previous in self.earlier.items():
+            total = total + ((previous * ctx.trainset.live_dense(module)) ** 2).mean()
+        return self.weight * total
+
+
+def build(ctx: BuildContext) -> OverlapPenalty:
+    device = ctx.base.device
+    earlier = {module: delta.to(device) for module, delta in ctx.state.weight_deltas.items()}
+    return OverlapPenalty(earlier, float(ctx.settings["clora_weight"]))
