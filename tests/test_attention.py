@@ -151,3 +151,9 @@ def test_maps_as_images_show_each_concept_over_each_image(sharp_base, two_concep
         np.unravel_index(int(heat[0, 0].argmin()), tint.shape),
     )
     assert tint[hot] > tint[cold]
+
+
+def test_maps_of_a_prompt_without_concepts_show_its_content_words(sharp_base, two_concepts):
+    images, overlays, record = generate_with_maps(sharp_base, two_concepts, "a red dog on the left", OFF)
+    assert record.concepts == {} and record.labels() == ["red", "dog", "left"]
+    assert len(overlays) == len(images) * 3
