@@ -10,7 +10,7 @@ from lifelong.methods import DEFAULT_METHOD
 from lifelong.service import Studio, default_scorer
 from lifelong.ui_forms import Form
 
-MAIN_SETTINGS = ("negative_prompt", "seed", "steps", "guidance_scale", "num_images")
+MAIN_SETTINGS = ("negative_prompt", "seed", "steps", "guidance_scale", "num_images", "icgen_strength")
 DESCRIPTION = """# Lifelong Studio
 Teach the model your own concepts from 3–5 images each, one after another, and check that it keeps the
 earlier ones. Learned concepts are written `<name>` in prompts."""
@@ -49,7 +49,13 @@ def create_app(studio: Studio | None = None) -> gr.Blocks:
                             elem_id="concept-name",
                         )
                         class_word = gr.Textbox(label="Class word", placeholder="dog", info="what it is")
-                    method = gr.Dropdown(ui.method_choices(), value=DEFAULT_METHOD, label="Method")
+                    method = gr.Dropdown(
+                        ui.method_choices(),
+                        value=DEFAULT_METHOD,
+                        label="Method",
+                        allow_custom_value=True,
+                        info="combine with +, e.g. routed+dfkd",
+                    )
                     method_help = gr.Markdown(ui.method_help(DEFAULT_METHOD))
                     with gr.Accordion("Advanced", open=False):
                         learn_form = Form.build(LearnConfig, exclude={"method"})
@@ -118,7 +124,9 @@ def create_app(studio: Studio | None = None) -> gr.Blocks:
         demo.load(handlers.load, outputs=shown, api_name="session")
         demo.unload(handlers.unload)
         images.upload(handlers.check_images, images, None, api_name=False)
-        method.change(ui.method_help, method, method_help, api_name=False)
+        method.change(
+            ui.method_changed, method, [method_help, learn_form.component("settings")], api_name=False
+        )
         learn_button.click(handlers.learn, handlers.learn_inputs, shown, api_name="learn", **gpu)
         if example_list:
             examples.load_input_event.then(

@@ -27,7 +27,7 @@ from lifelong.errors import Cancelled, LifelongError
 from lifelong.generate import GenerateConfig
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig
-from lifelong.methods import DEFAULT_METHOD, METHODS
+from lifelong.methods import DEFAULT_METHOD, METHODS, get_method
 from lifelong.progress import Progress
 from lifelong.service import ForgettingReport, Studio, upload_notes
 from lifelong.ui_forms import Form
@@ -117,8 +117,25 @@ def method_choices() -> list[tuple[str, str]]:
 
 
 def method_help(name: str) -> str:
-    method = METHODS.get(name)
-    return f"**{name}**: {method.description}" if method else ""
+    """The method's description and its settings (they go in Advanced → Settings as key=value)."""
+    try:
+        method = get_method(name or DEFAULT_METHOD)
+    except LifelongError as error:
+        return str(error)
+    lines = [f"**{method.name}**: {method.description}"]
+    lines += [
+        f"- `{key}={setting.default}`: {setting.description}" for key, setting in method.settings().items()
+    ]
+    return "\n".join(lines)
+
+
+def method_changed(name: str) -> tuple[str, str]:
+    """Help text for the chosen method, and its settings with their defaults for the Settings box."""
+    try:
+        settings = get_method(name or DEFAULT_METHOD).settings()
+    except LifelongError:
+        settings = {}
+    return method_help(name), "\n".join(f"{key}={setting.default}" for key, setting in settings.items())
 
 
 def timeline_view(studio: Studio, user: str) -> list[tuple[str, str]]:

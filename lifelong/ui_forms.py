@@ -93,6 +93,9 @@ class Form(Generic[C]):
             components.append(_component(item.name, hints[item.name], default, help_text.get(item.name)))
         return cls(config_cls, names, components)
 
+    def component(self, name: str) -> gr.components.Component:
+        return self.components[self.names.index(name)]
+
     def __add__(self, other: Form[C]) -> Form[C]:
         """One form from two built for the same config in different places of the layout."""
         return Form(self.cls, self.names + other.names, self.components + other.components)
