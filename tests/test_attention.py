@@ -157,3 +157,16 @@ def test_maps_of_a_prompt_without_concepts_show_its_content_words(sharp_base, tw
     images, overlays, record = generate_with_maps(sharp_base, two_concepts, "a red dog on the left", OFF)
     assert record.concepts == {} and record.labels() == ["red", "dog", "left"]
     assert len(overlays) == len(images) * 3
+
+
+def test_guidance_works_with_routed_concepts_and_an_icgen_start(sharp_base, tmp_path):
+    session = Session.create(tmp_path / "routed", "tiny-sharp")
+    for name, seed in (("rex", 0), ("mug", 2)):
+        config = LearnConfig(method="routed+icgen", steps=4, seed=seed)
+        learn(session, sharp_base, pattern_images(seed=seed), name, name, config)
+    assert session.weights(2, PROMPT) == [0.5, 0.5]  # routed: both concepts' deltas mixed for this prompt
+    start = dataclasses.replace(OFF, icgen_strength=0.7, attention_step_size=200.0)  # 4 of 6 steps
+    off, on = AttentionRecord(), AttentionRecord()
+    generate(sharp_base, session, PROMPT, start, record=off)
+    generate(sharp_base, session, PROMPT, dataclasses.replace(start, oaa=True), record=on)
+    assert (on.overlap("<rex>", "<mug>") < off.overlap("<rex>", "<mug>") - 0.03).all()
