@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -166,8 +167,7 @@ class Evaluator:
 
     def generate_config(self, method: str | None = None) -> GenerateConfig:
         """Plain sampling settings, with the method's own generation settings when it declares some."""
-        declared = getattr(get_method(method), "generate_settings", None) if method else None
-        values = dict(declared or {})
+        values = dict(get_method(method).generate_settings) if method else {}
         values.update(
             steps=self.config.sample_steps,
             guidance_scale=self.config.guidance_scale,
@@ -184,7 +184,7 @@ class Evaluator:
         )
 
     def concept(
-        self, session: Session, i: int, checkpoint: int, method: str
+        self, session: Session, i: int, checkpoint: int, method: str | None
     ) -> tuple[float, float, Image.Image]:
         """IA(i, checkpoint) and TA of concept i's eval images, and the first image (first prompt, seed)."""
         config = self.generate_config(method)
@@ -206,6 +206,19 @@ class Evaluator:
             for prompt in drift_prompts(self.concepts)
             for image in generate(self.base, session, prompt, config, checkpoint)
         ]
+
+    def warm_up(self, out: Path) -> None:
+        """A two-step learn and one generation in a throwaway session before anything is measured, so the
+        first method does not pay the process's one-time allocations in its peak memory and time."""
+        (out / "sessions").mkdir(parents=True, exist_ok=True)
+        root = Path(tempfile.mkdtemp(prefix=".warm-up.", dir=out / "sessions"))  # runs may share --out
+        session = Session.create(root, self.base.name)
+        concept = self.concepts[0]
+        learn(
+            session, self.base, list(concept.images), concept.name, concept.class_word, LearnConfig(steps=2)
+        )
+        self.concept(session, 0, 1, None)
+        shutil.rmtree(root)
 
     def base_drift(self, session: Session, method: str) -> float:
         """1 − mean cosine between the base model's and the final model's images, prompt by prompt.
@@ -327,6 +340,7 @@ def run_sequence(
         path = out / REFERENCE.format(i=i)
         path.parent.mkdir(parents=True, exist_ok=True)
         load_images(list(concept.images[:1]), base.resolution)[0].save(path)
+    evaluator.warm_up(out)
     results = {}
     for method in config.methods:
         saved = out / "methods" / f"{method}.json"
