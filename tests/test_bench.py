@@ -16,6 +16,7 @@ from lifelong.bench.cli import main
 from lifelong.bench.report import write_report
 from lifelong.bench.sequence import (
     BenchConcept,
+    Evaluator,
     SequenceConfig,
     drift_prompts,
     eval_prompts,
@@ -24,7 +25,7 @@ from lifelong.bench.sequence import (
     run_sequence,
     setup_record,
 )
-from lifelong.methods import METHODS, Method
+from lifelong.methods import get_method
 
 KEYS = {"TA", "IA_final", "IAD", "TFR", "base_drift", "IA_matrix", "seconds_per_concept", "peak_memory_mb"}
 
@@ -38,18 +39,10 @@ def _concepts() -> list[BenchConcept]:
 
 
 @pytest.fixture(scope="module")
-def two_methods():
-    """finetune and a second real configuration of the learner (LoRA parameters instead of K/V)."""
-    METHODS["finetune-lora"] = Method("finetune-lora", "finetune with LoRA on K/V", kind="lora")
-    yield ("finetune", "finetune-lora")
-    del METHODS["finetune-lora"]
-
-
-@pytest.fixture(scope="module")
-def miniature(tiny_base, two_methods, tmp_path_factory):
+def miniature(tiny_base, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     config = SequenceConfig(
-        methods=two_methods, steps=3, images_per_prompt=1, sample_steps=2, colors=("blue",)
+        methods=("finetune", "lfs"), steps=3, images_per_prompt=1, sample_steps=2, colors=("blue",)
     )
     concepts = _concepts()
     setup = setup_record(config, "tiny", "tiny-clip", concepts)
@@ -138,3 +131,12 @@ def test_cli_refuses_an_unknown_method_before_learning(tmp_path, capsys):
     code = main(["--methods", "finetune,nope", "--concepts", "1", "--out", str(tmp_path), "--device", "cpu"])
     assert code == 2 and "nope" in capsys.readouterr().err
     assert not (tmp_path / "sessions").exists()
+
+
+def test_eval_sampling_is_fixed_and_methods_add_their_generation_settings(tiny_base):
+    config = SequenceConfig(methods=("finetune", "lfs"), images_per_prompt=3, seed=5, sample_steps=7)
+    evaluator = Evaluator(tiny_base, tiny_clip(), _concepts(), config)
+    plain, lfs = evaluator.generate_config(), evaluator.generate_config("lfs")
+    assert (plain.steps, plain.num_images, plain.seed) == (lfs.steps, lfs.num_images, lfs.seed) == (7, 3, 5)
+    assert plain.icgen_strength == 1.0
+    assert lfs.icgen_strength == get_method("lfs").generate_settings["icgen_strength"] < 1.0
