@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from conftest import pattern_images
 from PIL import Image
 from tiny_clip import tiny_clip
 
 from lifelong.bench.cli import build_parser
-from lifelong.bench.multi import MultiConfig, pair_prompt, peak_crop, run_multi, table
+from lifelong.bench.multi import MultiConfig, pair_prompt, peak_crop, per_concept_table, run_multi, table
 from lifelong.bench.sequence import BenchConcept
 
 
@@ -42,9 +43,11 @@ def test_multi_benchmark_reports_both_settings_on_the_same_seeds(tiny_base, tmp_
         assert result.both_present in (0.0, 0.5, 1.0)  # 2 images of the one pair
         assert -1.0 <= result.concept_ia <= 1.0 and -1.0 <= result.unrelated_ia <= 1.0
         assert result.seconds_per_image > 0
+        assert set(result.per_concept_ia) == {"rex", "mug"}
+        assert sum(result.per_concept_ia.values()) / 2 == pytest.approx(result.concept_ia)
     # one row (one pair): off image, its two maps, on image, its two maps
     assert grid.size == (130 + 6 * 96, 14 + 96)
-    assert "| on |" in table(results)
+    assert "| on |" in table(results) and "| mug |" in per_concept_table(results)
     assert (
         pair_prompt(everyone[0], everyone[1], "white") == "a <rex> dog and a <mug> mug on a white background"
     )

@@ -61,6 +61,7 @@ class SettingResult:
     concept_ia: float  # mean IA of a concept's crop to its own references
     unrelated_ia: float  # mean over crops of the best IA to an unrelated concept's references
     seconds_per_image: float
+    per_concept_ia: dict[str, float]  # each learned concept's mean IA over the pairs it is in
 
 
 def pair_prompt(first: BenchConcept, second: BenchConcept, color: str) -> str:
@@ -132,6 +133,7 @@ def run_multi(
     settings = {"off": plain, "on": dataclasses.replace(plain, caa=True, oaa=True)}
     present: dict[str, list[bool]] = {s: [] for s in SETTINGS}
     own: dict[str, list[float]] = {s: [] for s in SETTINGS}
+    by_concept: dict[str, dict[str, list[float]]] = {s: {c.name: [] for c in learned} for s in SETTINGS}
     unrelated: dict[str, list[float]] = {s: [] for s in SETTINGS}
     seconds = dict.fromkeys(SETTINGS, 0.0)
     rows = []
@@ -154,6 +156,7 @@ def run_multi(
                 for c, k in enumerate(pair):
                     best_other = float(scores[c, others].max())
                     own[setting].append(float(scores[c, k]))
+                    by_concept[setting][everyone[k].name].append(float(scores[c, k]))
                     unrelated[setting].append(best_other)
                     shown[c] = float(scores[c, k]) > best_other
                 present[setting].append(all(shown))
@@ -172,6 +175,7 @@ def run_multi(
             concept_ia=sum(own[s]) / len(own[s]),
             unrelated_ia=sum(unrelated[s]) / len(unrelated[s]),
             seconds_per_image=seconds[s] / count,
+            per_concept_ia={name: sum(v) / len(v) for name, v in by_concept[s].items()},
         )
         for s in SETTINGS
     }
@@ -208,6 +212,16 @@ def table(results: dict[str, SettingResult]) -> str:
     return "\n".join(lines)
 
 
+def per_concept_table(results: dict[str, SettingResult]) -> str:
+    """Each learned concept's IA in the pairs, guidance off and on."""
+    names = list(next(iter(results.values())).per_concept_ia)
+    lines = ["| concept | " + " | ".join(f"IA {s}" for s in results) + " |", "|---|" + "---:|" * len(results)]
+    for name in names:
+        cells = " | ".join(f"{r.per_concept_ia[name]:.4f}" for r in results.values())
+        lines.append(f"| {name} | {cells} |")
+    return "\n".join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("multi-concept benchmark (--multi)")
     group.add_argument(
@@ -239,7 +253,10 @@ def run(args: argparse.Namespace) -> int:
     }
     write_json(out / "multi.json", document)
     atomic_write(out / "multi_grid.png", lambda tmp: grid.save(tmp, format="PNG"))
-    report = f"# Multi-concept attention\n\n`{command}`\n\n{table(results)}\n\n![pairs](multi_grid.png)\n"
+    report = (
+        f"# Multi-concept attention\n\n`{command}`\n\n{table(results)}\n\n{per_concept_table(results)}\n\n"
+        "![pairs](multi_grid.png)\n"
+    )
 
     def write_report(tmp: Path) -> None:
         tmp.write_text(report)
