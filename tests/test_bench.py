@@ -81,6 +81,8 @@ def test_report_and_plots_are_written(miniature):
     for method in config.methods:
         assert f"| {method} |" in report
         assert Image.open(out / f"ia_matrix_{method}.png").size[0] > 100
+    assert "| IAD / IAD(finetune) |" in report
+    assert "| +0.0000 | +0.000 | +0.000 |" in report  # finetune against itself
     assert Image.open(out / "forgetting_curves.png").size[0] > 100
     grid = Image.open(out / "before_after.png")
     assert grid.size[1] >= (1 + 2 * len(config.methods)) * 96  # references, then two rows per method

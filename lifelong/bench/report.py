@@ -55,6 +55,28 @@ def table(results: dict[str, MethodResult]) -> str:
     return "\n".join(lines)
 
 
+def against_baseline(results: dict[str, MethodResult], baseline: str = "finetune") -> str:
+    """Each method next to the baseline: IAD as a fraction of the baseline's, and differences (method −
+    baseline) in base drift, TA and IA(i,i). Empty when the baseline was not run."""
+    if baseline not in results:
+        return ""
+    ref = results[baseline]
+    lines = [
+        f"| method | IAD / IAD({baseline}) | Δ base drift | Δ TA | Δ IA(i,i) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, result in results.items():
+        ratio = result.IAD / ref.IAD if ref.IAD > 0 else math.nan  # a ratio to "no forgetting" means nothing
+        cells = [
+            _cell(ratio, "{:.2f}"),
+            _cell(result.base_drift - ref.base_drift, "{:+.4f}"),
+            _cell(result.TA - ref.TA, "{:+.3f}"),
+            _cell(result.IA_own - ref.IA_own, "{:+.3f}"),
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _matrix_array(result: MethodResult) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in result.IA_matrix], dtype=float)
 
@@ -168,6 +190,8 @@ def write_report(
         f"- base-drift prompts: {', '.join(f'`{p}`' for p in document['drift_prompts'])}",  # type: ignore[attr-defined]
         "",
         table(results),
+        "",
+        against_baseline(results),
         "",
         "TA: text alignment of each concept's images right after learning it (TA at the end of the "
         "sequence is `TA_final` in results.json). IA(i,i): image alignment right after learning concept i; "
