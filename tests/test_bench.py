@@ -25,6 +25,7 @@ from lifelong.bench.sequence import (
     run_sequence,
     setup_record,
 )
+from lifelong.errors import UnknownMethodError
 from lifelong.methods import get_method
 
 KEYS = {"TA", "IA_final", "IAD", "TFR", "base_drift", "IA_matrix", "seconds_per_concept", "peak_memory_mb"}
@@ -142,3 +143,15 @@ def test_eval_sampling_is_fixed_and_methods_add_their_generation_settings(tiny_b
     assert (plain.steps, plain.num_images, plain.seed) == (lfs.steps, lfs.num_images, lfs.seed) == (7, 3, 5)
     assert plain.icgen_strength == 1.0
     assert lfs.icgen_strength == get_method("lfs").generate_settings["icgen_strength"] < 1.0
+
+
+def test_overrides_reach_every_method_or_only_the_methods_that_have_the_setting():
+    config = SequenceConfig(
+        methods=("finetune", "l2dm"), overrides=(("learning_rate", "0.002"), ("clip", "vae"))
+    )
+    config.check()
+    finetune, l2dm = config.learn_config("finetune"), config.learn_config("l2dm")
+    assert finetune.learning_rate == l2dm.learning_rate == 0.002
+    assert finetune.settings == {} and l2dm.settings == {"clip": "vae"}
+    with pytest.raises(UnknownMethodError, match="no_such_setting"):
+        SequenceConfig(methods=("finetune",), overrides=(("no_such_setting", "1"),)).check()

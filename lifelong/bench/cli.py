@@ -29,8 +29,9 @@ from lifelong.bench.sequence import (
     setup_record,
 )
 from lifelong.errors import LifelongError
-from lifelong.methods import METHODS, get_method
+from lifelong.methods import METHODS
 from lifelong.metrics import EvalClip
+from lifelong.overrides import parse_pairs
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,13 @@ def _lifelong_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--resume", action="store_true", help="reuse methods/<method>.json of an earlier identical run"
     )
+    group.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a LearnConfig field for every method, or a method setting for the methods that have it",
+    )
 
 
 def _quick_methods() -> list[str]:
@@ -93,9 +101,9 @@ def _run_lifelong(args: argparse.Namespace) -> int:
         images_per_prompt=args.images_per_prompt or defaults["images_per_prompt"],
         seed=args.seed,
         sample_steps=args.sample_steps,
+        overrides=tuple(parse_pairs(args.set).items()),
     )
-    for method in config.methods:
-        get_method(method)  # a typo should fail now, not after loading models
+    config.check()  # a typo should fail now, not after loading models
     concepts = load_concepts(args.concept_dir, count)
     base = get_base(BaseConfig(model=args.model, device=args.device))
     clip = EvalClip.load(args.eval_clip, base.device)

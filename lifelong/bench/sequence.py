@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from PIL import Image
 from lifelong.base import REPO_ROOT, BaseModel
 from lifelong.bench.resources import PeakMemory
 from lifelong.concepts import Session
+from lifelong.errors import UnknownMethodError
 from lifelong.files import write_json
 from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import ImageSource, load_images, validate_name
@@ -40,6 +41,7 @@ from lifelong.metrics import (
     text_alignment,
     text_features,
 )
+from lifelong.overrides import override
 
 BUNDLED_CONCEPTS = REPO_ROOT / "assets" / "concepts"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -54,6 +56,7 @@ DRIFT_SCENES = (
     "a guitar on a white background",
 )
 EVAL_COLORS = ("blue", "yellow")
+LEARN_FIELDS = {f.name for f in fields(LearnConfig)} - {"method", "settings", "steps", "seed"}
 REFERENCE = "images/reference/{i}.png"  # concept i's first reference image, for the before/after grid
 
 
@@ -127,6 +130,23 @@ class SequenceConfig:
     sample_steps: int = 20
     guidance_scale: float = 5.0
     colors: tuple[str, ...] = EVAL_COLORS
+    # ("key", "value") pairs: LearnConfig fields for every method, method settings for the methods that
+    # have them (e.g. ("clip", FOLDER) for the memory-based methods)
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    def learn_config(self, method: str) -> LearnConfig:
+        known = get_method(method).settings()
+        values = {key: value for key, value in self.overrides if key in LEARN_FIELDS or key in known}
+        return override(LearnConfig(method=method, steps=self.steps, seed=self.seed), values)
+
+    def check(self) -> None:
+        """Refuse unknown methods and settings no method uses before hours of work, not after."""
+        known = {key for method in self.methods for key in get_method(method).settings()}
+        unused = [key for key, _ in self.overrides if key not in LEARN_FIELDS and key not in known]
+        if unused:
+            raise UnknownMethodError(f"no benchmarked method has a setting {unused[0]!r}.")
+        for method in self.methods:
+            get_method(method).resolve(dict(self.learn_config(method).settings))
 
 
 @dataclass
@@ -167,14 +187,14 @@ class Evaluator:
 
     def generate_config(self, method: str | None = None) -> GenerateConfig:
         """Plain sampling settings, with the method's own generation settings when it declares some."""
-        values = dict(get_method(method).generate_settings) if method else {}
-        values.update(
+        declared = dict(get_method(method).generate_settings) if method else {}
+        return replace(
+            GenerateConfig(**declared),  # type: ignore[arg-type]
             steps=self.config.sample_steps,
             guidance_scale=self.config.guidance_scale,
             num_images=self.config.images_per_prompt,
             seed=self.config.seed,
         )
-        return GenerateConfig(**values)
 
     def references(self, i: int) -> torch.Tensor:
         concept = self.concepts[i]
@@ -244,7 +264,7 @@ def run_method(evaluator: Evaluator, method: str, out: Path, log: Log = print) -
     ta_own, ta_final, seconds, peaks, eval_seconds = [0.0] * n, [0.0] * n, [], [], 0.0
     images: dict[str, str] = {}
     for j, concept in enumerate(concepts):
-        learn_config = LearnConfig(method=method, steps=config.steps, seed=config.seed)
+        learn_config = config.learn_config(method)
         with PeakMemory(base.device) as memory:
             result = learn(
                 session, base, list(concept.images), concept.name, concept.class_word, learn_config
@@ -333,8 +353,7 @@ def run_sequence(
         raise ValueError(
             f"the base holds {len(base.slot_token_ids)} concept slots; asked for {len(concepts)}."
         )
-    for method in config.methods:
-        get_method(method)  # refuse an unknown method before hours of work, not after
+    config.check()
     evaluator = Evaluator(base, clip, concepts, config)
     for i, concept in enumerate(concepts):
         path = out / REFERENCE.format(i=i)
