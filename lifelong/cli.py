@@ -52,6 +52,8 @@ def _generate(args: argparse.Namespace) -> None:
         negative_prompt=args.negative,
         num_images=args.num_images,
         seed=args.seed,
+        icgen_strength=args.icgen_strength,
+        icgen_context=args.icgen_context,
     )
     session = session or Session(Path(args.out), args.model, [])  # no concepts: the base model alone
     with tqdm(total=config.steps, desc="generating", unit="step") as bar:
@@ -120,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen_p.add_argument("--steps", type=int, default=25)
     gen_p.add_argument("--guidance", type=float, default=5.0)
     gen_p.add_argument("--seed", type=int, default=0)
+    gen_p.add_argument(
+        "--icgen-strength",
+        type=float,
+        default=1.0,
+        help="below 1: start from a named concept's stored image latent noised to this strength (ICGen)",
+    )
+    gen_p.add_argument("--icgen-context", default="mean", help="'mean' or the index of a context image")
     gen_p.add_argument("--out", required=True, type=Path)
     common(gen_p)
     gen_p.set_defaults(run=_generate)

@@ -180,6 +180,8 @@ def learn(
     # naming them), with every earlier token's embedding; this state is also the distillation teacher
     state = session.state(slot, base.slot_token_ids)
     # built while the shared base is pristine: factories may generate with the base or any checkpoint
+    if method.components and progress is not None:
+        progress(Progress(0, config.steps, message=f"preparing {method.name} for <{name}>"))
     build = BuildContext(base, session, slot, prompt, class_word, settings, state, config.seed)
     regularizers = [*method.regularizers(build), *regularizers]
     losses: list[float] = []

@@ -82,6 +82,8 @@ class Method:
     kind: str | None = None  # "kv" (full K/V increments), "lora", or None: no preference (kv)
     stack: bool = True  # learn on top of the previous checkpoint; False: from the base, mixed by prompt
     components: tuple[str, ...] = ()
+    # GenerateConfig values that suit concepts learned this way (the bench and the app start from them)
+    generate_settings: Mapping[str, Value] = field(default_factory=dict)
 
     @property
     def trainable_kind(self) -> str:
@@ -114,6 +116,8 @@ class Method:
         return extras
 
 
+ICGEN_STRENGTH = 0.8  # start from the context noised to 80 %: its colours and layout, details re-drawn
+
 METHODS: dict[str, Method] = {
     method.name: method
     for method in (
@@ -138,6 +142,7 @@ METHODS: dict[str, Method] = {
             "icgen",
             "Stores a few image latents as vision context; generation can start from them (icgen_strength).",
             components=("icgen",),
+            generate_settings={"icgen_strength": ICGEN_STRENGTH},
         ),
         Method(
             "tame",
@@ -150,7 +155,12 @@ METHODS: dict[str, Method] = {
             components=("memory", "ecd"),
         ),
         Method("l2dm", "L2DM: tame + ecd.", components=("memory", "tame", "ecd")),
-        Method("lfs", "LFS-Diffusion: dfkd + icgen.", components=("dfkd", "icgen")),
+        Method(
+            "lfs",
+            "LFS-Diffusion: dfkd + icgen.",
+            components=("dfkd", "icgen"),
+            generate_settings={"icgen_strength": ICGEN_STRENGTH},
+        ),
         Method(
             "routed",
             "Each concept's deltas learned from the base, kept apart, mixed by the concepts a prompt names.",
@@ -184,6 +194,7 @@ def get_method(name: str) -> Method:
         kind=next(iter(kinds), None),
         stack=all(method.stack for method in methods),
         components=components,
+        generate_settings={k: v for method in methods for k, v in method.generate_settings.items()},
     )
 
 

@@ -10,7 +10,7 @@ import torch
 from conftest import pattern_images
 from tiny_clip import tiny_clip
 
-from lifelong.adapters import ConceptDelta, compose, trainable, use_state
+from lifelong.adapters import compose, trainable, use_state
 from lifelong.cli import main
 from lifelong.concepts import Session
 from lifelong.encoding import encode_images, encode_text
@@ -129,6 +129,7 @@ def test_presets_combinations_and_setting_validation():
     combined = get_method("routed+dfkd")
     assert not combined.stack and "dfkd_weight" in combined.settings()
     assert get_method("c-lora+icgen").trainable_kind == "lora"
+    assert 0 < get_method("routed+lfs").generate_settings["icgen_strength"] < 1  # ICGen on by default
     assert get_method("dfkd").resolve({"dfkd_every": "3"})["dfkd_every"] == 3
     with pytest.raises(UnknownMethodError, match="no setting"):
         get_method("finetune").resolve({"dfkd_weight": 1})
@@ -346,19 +347,12 @@ def test_routed_uses_only_the_named_concepts_deltas(tiny_base, tmp_path):
     assert [c.stacked for c in session.concepts] == [False, False]
     rex, tom = session.checkpoint(1)[0], session.checkpoint(2)[0]
     ids = tiny_base.slot_token_ids
-
-    def dense(state):
-        return {m: d for m, d in state.weight_deltas.items()}
-
     only_rex = compose([rex], ids[:1]).weight_deltas
-    state = session.state(2, ids, "a <rex> dog")
-    assert set(dense(state)) == set(only_rex)
-    assert all(torch.equal(state.weight_deltas[m], only_rex[m]) for m in only_rex)
+    state = session.state(2, ids, "a <rex> dog").weight_deltas
+    assert set(state) == set(only_rex) and all(torch.equal(state[m], only_rex[m]) for m in only_rex)
     assert session.state(2, ids, "a red dog").weight_deltas == {}  # no concept named: base weights
     mixed = session.state(2, ids, "<rex> and <tom>").weight_deltas
-    half: ConceptDelta = rex
-    module = next(iter(mixed))
-    assert torch.allclose(mixed[module], 0.5 * half.dense(module) + 0.5 * tom.dense(module))
+    assert all(torch.allclose(mixed[m], 0.5 * rex.dense(m) + 0.5 * tom.dense(m)) for m in mixed)
     # generation: a prompt naming only <rex> is the same image at checkpoint 2 as at checkpoint 1
     assert np.array_equal(
         pixels(generate(tiny_base, session, "a <rex> dog", FAST_GEN, checkpoint=2)),
