@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import pattern_images
+from tiny import tiny_pipeline
 from tiny_clip import tiny_clip
 
 from lifelong.adapters import compose, trainable, use_state
@@ -401,3 +402,36 @@ def test_three_concepts_in_a_row_with_default_settings(tiny_base, tmp_path, meth
         result = learn(session, tiny_base, pattern_images(seed=index), name, word, config)
         assert all(np.isfinite(result.losses))
     assert [c.method for c in session.concepts] == [method] * 3
+
+
+def test_cli_learns_with_a_method_and_settings_and_generates_in_context(tmp_path, capsys):
+    model = tmp_path / "tiny-sd"
+    tiny_pipeline(seed=3).save_pretrained(model)
+    images = []
+    for index, image in enumerate(pattern_images()):
+        images.append(str(tmp_path / f"{index}.png"))
+        image.save(images[-1])
+    session, common = str(tmp_path / "session"), ["--model", str(model), "--device", "cpu"]
+    learn_args = ["learn", "--session", session, "--name", "rex", "--class-word", "dog", "--steps", "2"]
+    settings = ["--set", "dfkd_every=2", "--set", "icgen_images=2"]
+    assert main([*learn_args, "--method", "lfs", *settings, *images, *common]) == 0
+    concept = Session.open(session).concepts[0]
+    assert concept.method == "lfs" and concept.settings["settings"]["dfkd_every"] == 2
+    assert Session.open(session).checkpoint(1)[1]["context"].shape[0] == 2
+    generate_args = [
+        "generate",
+        "--session",
+        session,
+        "--prompt",
+        "a <rex> dog",
+        "--steps",
+        "2",
+        "--num-images",
+        "1",
+    ]
+    assert main([*generate_args, "--icgen-strength", "0.5", "--out", str(tmp_path / "out"), *common]) == 0
+    assert (tmp_path / "out" / "000000.png").exists()
+    capsys.readouterr()
+    bad = ["learn", "--session", session, "--name", "tom", "--method", "dfkd", "--set", "dfkd_wieght=1"]
+    assert main([*bad, *images, *common]) == 2
+    assert "no setting 'dfkd_wieght'" in capsys.readouterr().err
