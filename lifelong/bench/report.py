@@ -198,7 +198,7 @@ def write_report(
         "IA(i,N): after the last concept. IAD = mean over i < N of IA(i,i) − IA(i,N); "
         "TFR = mean of (IA(i,i) − IA(i,N)) / IA(i,i). Base drift = 1 − mean cosine between the base "
         "model's and the final model's images of base prompts, same seeds (0 = unchanged). "
-        "s / concept: learning time only. Peak MB: the most memory held above the start while learning "
+        "s / concept: wall time of learning one concept (with what the method stores after it), no evaluation. Peak MB: the most memory held above the start while learning "
         "(CPU: sampled resident-set growth; CUDA: torch.cuda.max_memory_allocated).",
         "",
         "![forgetting curves](forgetting_curves.png)",
