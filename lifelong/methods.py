@@ -105,7 +105,8 @@ class Method:
         return {key: setting.convert(key, given.get(key, setting.default)) for key, setting in known.items()}
 
     def regularizers(self, build: BuildContext) -> list[Regularizer]:
-        return [COMPONENTS[n].build(build) for n in self.components if COMPONENTS[n].build]  # type: ignore[misc]
+        factories = [COMPONENTS[name].build for name in self.components]
+        return [factory(build) for factory in factories if factory is not None]
 
     def after_learn(self, ctx: AfterLearnContext) -> dict[str, torch.Tensor]:
         extras: dict[str, torch.Tensor] = {}
