@@ -70,11 +70,13 @@ def create_app(studio: Studio | None = None) -> gr.Blocks:
                             label="Examples: one click fills the form and learns the concept",
                         )
                 with gr.Column():
-                    status = gr.Markdown()
+                    status = gr.Markdown(elem_id="status")
                     timeline = gr.Gallery(
                         label="Your concepts, in the order learned",
-                        columns=4,
-                        height=300,
+                        columns=3,
+                        height="auto",
+                        allow_preview=False,
+                        fit_columns=False,  # thumbnails stay small when there are few concepts
                         interactive=False,
                     )
             with gr.Tab("Generate"), gr.Row():
@@ -97,7 +99,12 @@ def create_app(studio: Studio | None = None) -> gr.Blocks:
                     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
                 with gr.Column():
                     generated = gr.Gallery(
-                        label="Images", columns=2, format="png", interactive=False, elem_id="generated"
+                        label="Images",
+                        columns=2,
+                        fit_columns=False,
+                        format="png",
+                        interactive=False,
+                        elem_id="generated",
                     )
                     maps = gr.Gallery(label="Attention maps", columns=4, format="png", visible=False)
             with gr.Tab("Forgetting"):

@@ -10,6 +10,7 @@ model through ``_STUDIOS``, which a ZeroGPU worker inherits when it forks.
 from __future__ import annotations
 
 import functools
+import html
 import io
 import json
 import logging
@@ -48,6 +49,11 @@ def register(studio: Studio) -> str:
     return key
 
 
+def shown(text: str) -> str:
+    """Text for a toast or Markdown, which render HTML: ``<rex>`` would vanish as an unknown tag."""
+    return html.escape(text, quote=False)
+
+
 def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Show LifelongError as gr.Error; log anything unexpected and show a short message instead."""
 
@@ -58,9 +64,9 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except gr.Error:
             raise
         except LifelongError as error:
-            raise gr.Error(str(error)) from None
+            raise gr.Error(shown(str(error))) from None
         except FloatingPointError as error:
-            raise gr.Error(f"{error} Nothing was changed.") from None
+            raise gr.Error(shown(f"{error} Nothing was changed.")) from None
         except Exception as error:
             log.exception("unexpected error in %s", fn.__name__)
             raise gr.Error(
@@ -150,7 +156,7 @@ def refresh(studio: Studio, user: str) -> tuple[list[tuple[str, str]], gr.Datase
     timeline = studio.timeline(user)
     status = (
         f"This session holds {len(timeline)} concept(s): "
-        + ", ".join(entry.token for entry in timeline)
+        + ", ".join(f"`{entry.token}`" for entry in timeline)
         + ". Use them in prompts as written."
         if timeline
         else "No concepts yet: upload 3–5 images (or click an example) and press **Learn concept**."
@@ -211,7 +217,7 @@ def learn_job(
     progress: gr.Progress,
 ) -> str:
     concept = _STUDIOS[key].learn(user, images, name, class_word, config, _reporter(progress))
-    return f"Learned **{concept.token}** with {concept.method} in {concept.seconds:.1f} s."
+    return f"Learned **{shown(concept.token)}** with {concept.method} in {concept.seconds:.1f} s."
 
 
 def _generate_duration(
@@ -308,10 +314,10 @@ class Handlers:
         try:
             load_images(paths, self.studio.base.resolution)
         except LifelongError as error:
-            gr.Warning(f"{error} Remove it and add another image.")
+            gr.Warning(shown(f"{error} Remove it and add another image."))
             return
         for note in upload_notes(paths):
-            gr.Warning(note)
+            gr.Warning(shown(note))
 
     @user_errors
     def learn(
@@ -321,15 +327,15 @@ class Handlers:
         paths = _paths(data[self.images])
         config = self.learn_form.parse_dict(data, method=data[self.method] or DEFAULT_METHOD)
         for note in upload_notes(paths):
-            gr.Warning(note)
+            gr.Warning(shown(note))
         try:
             message = learn_job(
                 self.key, user, paths, data[self.name], data[self.class_word], config, progress
             )
         except Cancelled as error:
-            gr.Warning(str(error))
+            gr.Warning(shown(str(error)))
             timeline, chips, status = refresh(self.studio, user)
-            return timeline, chips, f"Cancelled: {error}"
+            return timeline, chips, shown(f"Cancelled: {error}")
         timeline, chips, status = refresh(self.studio, user)
         return timeline, chips, f"{message} {status}"
 

@@ -6,6 +6,7 @@ learning steps; every check reads what a user would see (timeline captions, imag
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -92,7 +93,7 @@ def test_learn_example_generate_export_reimport(served, base, tmp_path):
     assert captions(timeline) == [
         f"1. <{example.name}> · finetune · {captions(timeline)[0].split(' · ')[-1]}"
     ]
-    assert f"Learned **<{example.name}>**" in status
+    assert f"Learned **<{example.name}>**" in html.unescape(status)  # escaped: Markdown renders HTML
     images = generate(client, f"a <{example.name}> {example.class_word}")
     assert images.shape == (2, base.resolution, base.resolution, 3)
     assert images.std() > 1.0 and not np.array_equal(images[0], images[1])  # seeds 3 and 4 differ
@@ -165,7 +166,7 @@ def test_cancel_stops_learning_and_keeps_what_was_learned(served):
     assert "step" in (job.status().progress_data[0].desc or "")
     client.predict(api_name="/cancel")
     timeline, _, status = job.result(timeout=120)
-    assert status.startswith("Cancelled: learning <second> was cancelled at step")
+    assert html.unescape(status).startswith("Cancelled: learning <second> was cancelled at step")
     assert [c.split(" · ")[0] for c in captions(timeline)] == ["1. <first>"]
 
 
@@ -237,7 +238,7 @@ def test_browser_upload_learn_generate_screenshot(served, tmp_path):
         upload.send_keys("\n".join(examples()[0].images[:3]))
         driver.find_element(By.CSS_SELECTOR, "#concept-name textarea, #concept-name input").send_keys("webby")
         driver.find_element(By.ID, "learn-button").click()
-        wait.until(ec.presence_of_element_located((By.XPATH, "//*[contains(text(), 'Learned')]")))
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Learned <webby>"))
         driver.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Generate')]").click()
         wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#prompt textarea"))).send_keys(
             "a <webby>"
