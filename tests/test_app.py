@@ -22,7 +22,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from lifelong.base import BUNDLED_MODEL, REPO_ROOT, get_base
-from lifelong.service import Studio
+from lifelong.service import Studio, default_scorer
 from lifelong.ui import examples
 
 sys.path.insert(0, str(REPO_ROOT))
@@ -47,7 +47,8 @@ def base(request):
 
 @pytest.fixture(scope="module")
 def served(base, tmp_path_factory):
-    studio = Studio(base, root=tmp_path_factory.mktemp("sessions"))
+    scorer, why = default_scorer()  # the eval CLIP when it is installed, as the app runs
+    studio = Studio(base, root=tmp_path_factory.mktemp("sessions"), scorer=scorer, scorer_note=why)
     demo = create_app(studio)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
     yield url, studio
@@ -86,7 +87,7 @@ def captions(timeline) -> list[str]:
 
 
 def test_learn_example_generate_export_reimport(served, base, tmp_path):
-    url, _ = served
+    url, studio = served
     example = examples()[0]
     client = Client(url, verbose=False)
     timeline, _, status = learn(client, example.images, example.name, example.class_word)
@@ -114,6 +115,20 @@ def test_learn_example_generate_export_reimport(served, base, tmp_path):
     timeline, _, _ = call(client, "/import", **{"Import session file": handle_file(kept)})
     assert len(captions(timeline)) == 1 and f"<{example.name}>" in captions(timeline)[0]
     assert np.array_equal(generate(client, f"a <{example.name}> {example.class_word}"), images)
+
+    later = examples()[1]
+    learn(client, later.images, later.name, later.class_word, steps=2)
+    pairs, matrix, note = call(client, "/forgetting", Steps=2, **{"Num images": 1})
+    assert [item["caption"].split(" · ")[0] for item in pairs] == [
+        f"<{example.name}> right after learning it (checkpoint 1)",
+        f"<{example.name}> now (checkpoint 2)",
+    ]
+    first_now = np.asarray(Image.open(pairs[0]["image"]).convert("RGB"))
+    assert first_now.shape == (base.resolution, base.resolution, 3)
+    if studio.scorer is None:
+        assert matrix is None and "No IA numbers" in note
+    else:
+        assert Image.open(matrix).size[0] > 100 and "IA" in pairs[1]["caption"]
 
 
 def test_two_sessions_see_only_their_own_concepts(served):
