@@ -6,7 +6,9 @@ LoRA update,
     L = λ · Σ_m mean((P_m ⊙ ΔW_m)²)
 
 zero for the first concept, growing with the element-wise overlap. (C-LoRA, Smith et al. 2023; we average
-over a module's elements so λ does not depend on the model's width.)
+over a module's elements so λ does not depend on the model's width.) Default λ = 1e3: on the tiny test
+pipeline (3 concepts, 60 steps, lr 3e-3) it cut the third concept's overlap with the first 20× while its
+update kept half the norm it has without the penalty; λ = 1e6 froze later concepts (norm ÷ 100).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from lifelong.learner import StepContext
     from lifelong.methods import BuildContext
 
-SETTINGS = {"clora_weight": Setting(1e6, "λ: weight of the overlap penalty", 0.0)}
+SETTINGS = {"clora_weight": Setting(1e3, "λ: weight of the overlap penalty", 0.0)}
 
 
 class OverlapPenalty:
