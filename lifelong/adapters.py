@@ -217,9 +217,17 @@ class TrainableSet:
 
 @contextmanager
 def trainable(
-    base: BaseModel, kind: str, token_id: int, init_embedding: torch.Tensor, lora_rank: int = 4
+    base: BaseModel,
+    kind: str,
+    token_id: int,
+    init_embedding: torch.Tensor,
+    lora_rank: int = 4,
+    seed: int = 0,
 ) -> Iterator[TrainableSet]:
-    """Attach a fresh trainable set to the base for the block and take it off afterwards, always."""
+    """Attach a fresh trainable set to the base for the block and take it off afterwards, always.
+
+    LoRA's random init is drawn from ``seed`` (not the global generator), so learning is reproducible.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown trainable kind {kind!r}; choose one of {KINDS}")
     unet = base.pipe.unet
@@ -231,12 +239,14 @@ def trainable(
             linear = unet.get_submodule(name)
             parametrize.register_parametrization(linear, "weight", _AddDelta(linear.weight))
     else:
-        unet.add_adapter(
-            LoraConfig(
-                r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian", target_modules=modules
-            ),
-            adapter_name=_ADAPTER,
-        )
+        with torch.random.fork_rng(devices=[base.device] if base.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            unet.add_adapter(
+                LoraConfig(
+                    r=lora_rank, lora_alpha=lora_rank, init_lora_weights="gaussian", target_modules=modules
+                ),
+                adapter_name=_ADAPTER,
+            )
         for name, param in unet.named_parameters():
             if f".{_ADAPTER}." in name:
                 param.data = param.data.float()

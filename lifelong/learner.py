@@ -191,7 +191,7 @@ def learn(
         latents_all = encode_images(base, views)
         ids = tokenize(base, [prompt])
         with trainable(
-            base, config.params or method.trainable_kind, token_id, init, config.lora_rank
+            base, config.params or method.trainable_kind, token_id, init, config.lora_rank, config.seed
         ) as trainset:
             optimizer = torch.optim.AdamW(
                 [

@@ -121,6 +121,14 @@ def test_lora_parameters_learn_and_come_off_cleanly(tiny_base, tmp_path):
     assert delta.kind == "lora" and all(t.shape[0] == 2 or t.shape[1] == 2 for t in delta.tensors.values())
     assert not any(isinstance(m, BaseTunerLayer) for m in tiny_base.pipe.unet.modules())
     assert any(delta.dense(m).abs().sum() > 0 for m in delta.modules())
+    again = Session.create(tmp_path / "lora-again", "tiny")
+    learn(again, tiny_base, pattern_images(), "toy", "toy", LearnConfig(steps=4, params="lora", lora_rank=2))
+    torch.manual_seed(12345)  # the global generator must not matter: the seed in LearnConfig decides
+    third = Session.create(tmp_path / "lora-third", "tiny")
+    learn(third, tiny_base, pattern_images(), "toy", "toy", LearnConfig(steps=4, params="lora", lora_rank=2))
+    for other in (again, third):
+        tensors = other.checkpoint(1)[0].tensors
+        assert all(torch.equal(tensors[key], value) for key, value in delta.tensors.items())
 
 
 def test_unknown_and_future_tokens_and_checkpoints_are_refused(tiny_base, learned):

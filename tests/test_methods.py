@@ -382,17 +382,9 @@ def test_three_concepts_in_a_row(tiny_base, tmp_path, method):
     assert len(generate(tiny_base, reopened, "<rex> and <cup>", FAST_GEN)) == 2
 
 
-@pytest.fixture
-def long_runs_selected(request):
-    """The default run has no marker filter; the long runs go only with ``-m slow``."""
-    expression = request.config.option.markexpr or ""
-    if "slow" not in expression or "not slow" in expression:
-        pytest.skip("long run: select it with -m slow")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", [*METHODS, "routed+dfkd"])
-def test_three_concepts_in_a_row_with_default_settings(tiny_base, tmp_path, method, long_runs_selected):
+def test_three_concepts_in_a_row_with_default_settings(tiny_base, tmp_path, method):
     session = Session.create(tmp_path / "s", "tiny")
     for index, (name, word) in enumerate(CONCEPTS):
         settings: dict[str, float | int | str | bool] = (
