@@ -21,13 +21,14 @@ from lifelong.overrides import override, parse_pairs
 
 C = TypeVar("C")
 _COMMENT = re.compile(r"^[ \t]+(\w+)[ \t]*:[^=#\n]+=[^#\n]*#[ \t]*(.+)$", re.MULTILINE)
-# slider ranges for fields whose sensible range is known; any other number is a free number box
+# slider ranges ("Class.field") for fields whose sensible range is known; other numbers get a number box
 RANGES: dict[str, tuple[float, float, float]] = {
-    "steps": (1, 1000, 1),
-    "num_images": (1, 16, 1),
-    "guidance_scale": (0.0, 20.0, 0.5),
-    "icgen_strength": (0.0, 1.0, 0.05),
-    "lora_rank": (1, 64, 1),
+    "LearnConfig.steps": (1, 2000, 1),
+    "LearnConfig.lora_rank": (1, 64, 1),
+    "GenerateConfig.steps": (1, 200, 1),
+    "GenerateConfig.num_images": (1, 16, 1),
+    "GenerateConfig.guidance_scale": (0.0, 20.0, 0.5),
+    "GenerateConfig.icgen_strength": (0.0, 1.0, 0.05),
 }
 
 
@@ -44,23 +45,21 @@ def _label(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
-def _component(name: str, hint: Any, default: Any, info: str | None) -> gr.components.Component:
-    label = _label(name)
+def _component(
+    owner: str, name: str, hint: Any, default: Any, info: str | None, elem_id: str
+) -> gr.components.Component:
+    common = {"label": _label(name), "info": info, "elem_id": elem_id}
     if hint is bool:
-        return gr.Checkbox(value=default, label=label, info=info)
+        return gr.Checkbox(value=default, **common)
     if hint in (int, float):
-        if name in RANGES:
-            low, high, step = RANGES[name]
-            return gr.Slider(low, high, value=default, step=step, label=label, info=info)
-        return gr.Number(value=default, label=label, info=info, precision=0 if hint is int else None)
+        if f"{owner}.{name}" in RANGES:
+            low, high, step = RANGES[f"{owner}.{name}"]
+            return gr.Slider(low, high, value=default, step=step, **common)
+        return gr.Number(value=default, precision=0 if hint is int else None, **common)
     if isinstance(default, dict):
-        return gr.Textbox(
-            value="\n".join(f"{k}={v}" for k, v in default.items()),
-            label=label,
-            info=info or "one key=value per line",
-            lines=2,
-        )
-    return gr.Textbox(value="" if default is None else str(default), label=label, info=info)
+        common["info"] = info or "one key=value per line"
+        return gr.Textbox(value="\n".join(f"{k}={v}" for k, v in default.items()), lines=2, **common)
+    return gr.Textbox(value="" if default is None else str(default), **common)
 
 
 @dataclass
@@ -90,7 +89,10 @@ class Form(Generic[C]):
                 continue
             default = getattr(instance, item.name)
             names.append(item.name)
-            components.append(_component(item.name, hints[item.name], default, help_text.get(item.name)))
+            owner = config_cls.__name__
+            elem_id = f"{owner.lower()}-{item.name}"  # e.g. learnconfig-steps, for browser tests
+            info = help_text.get(item.name)
+            components.append(_component(owner, item.name, hints[item.name], default, info, elem_id))
         return cls(config_cls, names, components)
 
     def component(self, name: str) -> gr.components.Component:
