@@ -240,7 +240,7 @@ def test_browser_upload_learn_generate_screenshot(served, tmp_path):
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, _ = served
+    url, studio = served
     options = webdriver.ChromeOptions()
     options.binary_location = str(BROWSER)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1100"):
@@ -267,8 +267,14 @@ def test_browser_upload_learn_generate_screenshot(served, tmp_path):
         driver.find_element(By.ID, "generate-button").click()
         wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#generated img")))
         time.sleep(1)
-        shot = Path(os.environ.get("LIFELONG_SCREENSHOT") or tmp_path / "app.png")  # README's: docs/
+        shot = Path(os.environ.get("LIFELONG_SCREENSHOT") or tmp_path / "app.png")
         driver.save_screenshot(str(shot))
+        [workspace] = [f for f in studio.root.iterdir() if "<webby>" in studio.tokens(f.name)]
+        driver.get("about:blank")  # leaving the page ends the Gradio session: its workspace is deleted
+        deadline = time.time() + 30
+        while workspace.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert not workspace.exists()
     finally:
         driver.quit()
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
