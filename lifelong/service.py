@@ -25,7 +25,7 @@ from PIL import Image
 from lifelong.adapters import target_module_names
 from lifelong.attention import generate_with_maps
 from lifelong.base import BUNDLED_EVAL_CLIP, BaseModel
-from lifelong.concepts import Concept, Session
+from lifelong.concepts import MANIFEST, Concept, Session
 from lifelong.errors import ImageCountError, LifelongError, SessionFormatError
 from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource, load_images
@@ -147,6 +147,30 @@ def _check_compatible(session: Session, base: BaseModel) -> None:
             )
 
 
+@dataclass(frozen=True)
+class CancelFlag:
+    """A cancel token kept as a file in the workspace, so a Cancel click reaches a learn running in
+    another process (a ZeroGPU worker) as well as one in a thread."""
+
+    path: Path
+
+    def set(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def is_set(self) -> bool:
+        return self.path.exists()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """Identity of a file version: manifests are replaced atomically, so each write is a new inode."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
 class Studio:
     """Per-user sessions on one shared base model."""
 
@@ -163,8 +187,7 @@ class Studio:
         self.scorer = scorer
         self.scorer_note = scorer_note  # why there is no scorer, shown instead of IA numbers
         self._locks: dict[str, threading.RLock] = {}
-        self._cancels: dict[str, threading.Event] = {}
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, tuple[Session, tuple[int, int]]] = {}
         self._guard = threading.Lock()
 
     # --- workspaces ---------------------------------------------------------------------------------
@@ -178,22 +201,24 @@ class Studio:
         with self._guard:
             return self._locks.setdefault(user, threading.RLock())
 
-    def cancel_event(self, user: str) -> threading.Event:
-        with self._guard:
-            return self._cancels.setdefault(user, threading.Event())
+    def cancel_flag(self, user: str) -> CancelFlag:
+        return CancelFlag(self.folder(user) / "cancel")
 
     def cancel(self, user: str) -> None:
         """Ask a running learn of this user to stop at its next step."""
-        self.cancel_event(user).set()
+        self.cancel_flag(user).set()
 
     def session(self, user: str) -> Session:
+        """The user's session, reopened whenever its manifest changed on disk (a ZeroGPU worker, which
+        runs jobs in a forked process, writes it there)."""
         with self._lock(user):
-            if user not in self._sessions:
-                folder = self.folder(user)
-                self._sessions[user] = Session.create(folder / "session", self.base.name)
-            session = self._sessions[user]
+            root = self.folder(user) / "session"
+            cached = self._sessions.get(user)
+            if cached is None or cached[1] != _stamp(root / MANIFEST):
+                session = Session.create(root, self.base.name)
+                self._sessions[user] = cached = (session, _stamp(root / MANIFEST))
             os.utime(self.folder(user))  # the sweep keeps workspaces in use
-            return session
+            return cached[0]
 
     def drop(self, user: str) -> None:
         """Forget a user's workspace (their tab closed); an exported file is all that remains."""
@@ -202,7 +227,6 @@ class Studio:
             shutil.rmtree(self.folder(user), ignore_errors=True)
         with self._guard:
             self._locks.pop(user, None)
-            self._cancels.pop(user, None)
 
     def sweep(self, max_age_s: float = SESSION_MAX_AGE_S) -> list[str]:
         """Remove workspaces untouched for ``max_age_s`` (tabs that closed without telling us)."""
@@ -247,7 +271,7 @@ class Studio:
         """Learn the next concept; a cancel (``cancel(user)``) or bad input leaves the session as it was."""
         if not images:
             raise ImageCountError(f"Add {RECOMMENDED} images of the concept first.")
-        cancel = self.cancel_event(user)
+        cancel = self.cancel_flag(user)
         cancel.clear()
         with self._lock(user):
             session = self.session(user)

@@ -151,3 +151,21 @@ def test_forms_are_generated_from_the_dataclass_and_parse_back():
     config = form.parse(*values.values(), method="finetune")
     assert (config.steps, config.augment, config.settings) == (7, False, {"lambda_kd": 0.5, "mode": "fast"})
     assert field_help(LearnConfig)["augment"] == "horizontal flips and random crops, encoded once"
+
+
+def test_a_job_run_by_another_process_is_seen_and_can_be_cancelled(tiny_base, tmp_path):
+    """On ZeroGPU jobs run in a forked worker with its own Studio copy: the two meet only on disk."""
+    app_side, worker_side = Studio(tiny_base, root=tmp_path), Studio(tiny_base, root=tmp_path)
+    assert app_side.tokens("u") == []
+    worker_side.learn("u", pattern_images(), "rex", "dog", LearnConfig(steps=2))
+    assert app_side.tokens("u") == ["<rex>"]
+
+    def cancel_from_the_app(progress):
+        if progress.step == 2:
+            app_side.cancel("u")
+
+    with pytest.raises(Cancelled):
+        worker_side.learn(
+            "u", pattern_images(seed=2), "mug", "mug", LearnConfig(steps=20), cancel_from_the_app
+        )
+    assert app_side.tokens("u") == worker_side.tokens("u") == ["<rex>"]
