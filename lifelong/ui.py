@@ -175,14 +175,14 @@ def heatmap(report: ForgettingReport) -> Image.Image | None:
 
     count = len(report.names)
     figure, axis = plt.subplots(figsize=(1.2 + 0.7 * count, 0.9 + 0.6 * count), dpi=110)
-    shown = axis.imshow(report.matrix, cmap="viridis")
+    picture = axis.imshow(report.matrix, cmap="viridis")
     axis.set_xticks(range(count), [str(j + 1) for j in range(count)])
     axis.set_yticks(range(count), [f"<{name}>" for name in report.names])
     axis.set_xlabel("after learning concept #")
     for i in range(count):
         for j in range(i, count):
             axis.text(j, i, f"{report.matrix[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
-    figure.colorbar(shown, ax=axis, label="IA")
+    figure.colorbar(picture, ax=axis, label="IA")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -201,7 +201,8 @@ def _learn_duration(
     class_word: str,
     config: LearnConfig,
     progress: gr.Progress,
-) -> int:  # noqa: E501
+) -> int:
+    """Seconds to ask ZeroGPU for (spaces calls it with the job's own arguments)."""
     samples = config.steps * config.batch_size * max(1, config.gradient_accumulation)
     return int(30 + samples * GPU_SECONDS_PER_SAMPLE)
 

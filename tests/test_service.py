@@ -19,6 +19,7 @@ from lifelong.errors import Cancelled, SessionFormatError
 from lifelong.generate import GenerateConfig, generate
 from lifelong.learner import LearnConfig
 from lifelong.service import ClipScorer, Studio, upload_notes
+from lifelong.ui import forgetting_view
 from lifelong.ui_forms import Form, field_help
 
 FAST = GenerateConfig(steps=2, num_images=2, seed=5)
@@ -62,6 +63,12 @@ def test_forgetting_compares_each_earlier_concept_and_fills_the_ia_matrix(tiny_b
     assert report.matrix is not None and np.isnan(report.matrix[1, 0])
     assert np.isfinite(report.matrix[[0, 0, 1], [0, 1, 1]]).all()
     assert item.ia_drop == pytest.approx(report.matrix[0, 0] - report.matrix[0, 1])
+    pairs, picture, note = forgetting_view(report)
+    assert [caption for _, caption in pairs] == [
+        "<rex> right after learning it (checkpoint 1)",
+        f"<rex> now (checkpoint 2) · IA {item.ia_now:.3f} (drop {item.ia_drop:+.3f})",
+    ]
+    assert picture is not None and np.asarray(picture).std() > 10 and "IA = mean CLIP" in note
 
     plain = Studio(tiny_base, root=tmp_path, scorer_note="no eval CLIP here.")
     report = plain.forgetting("u", FAST)
