@@ -28,7 +28,7 @@ from lifelong.base import BUNDLED_EVAL_CLIP, BaseModel
 from lifelong.concepts import MANIFEST, Concept, Session
 from lifelong.errors import ImageCountError, LifelongError, SessionFormatError
 from lifelong.generate import GenerateConfig, generate
-from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource, load_images
+from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource
 from lifelong.learner import LearnConfig, learn
 from lifelong.metrics import EvalClip, image_alignment, image_features
 from lifelong.progress import ProgressFn
@@ -275,7 +275,6 @@ class Studio:
         cancel.clear()
         with self._lock(user):
             session = self.session(user)
-            load_images(images, self.base.resolution)  # every file checked before a step is spent
             return learn(
                 session, self.base, images, name, class_word, config, progress=progress, cancel=cancel
             ).concept
