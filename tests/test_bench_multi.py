@@ -36,7 +36,9 @@ def test_multi_benchmark_reports_both_settings_on_the_same_seeds(tiny_base, tmp_
         BenchConcept("mug", "mug", _recoloured((2, 1, 0), 1)),
         BenchConcept("toy", "toy", _recoloured((1, 2, 0), 2)),
     ]
-    config = MultiConfig(concepts=2, steps=2, images_per_pair=2, sample_steps=3)
+    config = MultiConfig(
+        concepts=2, steps=2, images_per_pair=2, sample_steps=3, guided=(("attention_steps", "2"),)
+    )
     results, grid = run_multi(tiny_base, tiny_clip(), everyone, config, tmp_path, log=lambda _: None)
     assert set(results) == {"off", "on"}
     for result in results.values():
@@ -51,5 +53,7 @@ def test_multi_benchmark_reports_both_settings_on_the_same_seeds(tiny_base, tmp_
     assert (
         pair_prompt(everyone[0], everyone[1], "white") == "a <rex> dog and a <mug> mug on a white background"
     )
-    args = build_parser().parse_args(["--multi", "--out", str(tmp_path), "--images-per-pair", "3"])
-    assert args.multi and args.images_per_pair == 3
+    args = build_parser().parse_args(
+        ["--multi", "--out", str(tmp_path), "--images-per-pair", "3", "--guided", "attention_step_size=50"]
+    )
+    assert args.multi and args.images_per_pair == 3 and args.guided == ["attention_step_size=50"]

@@ -39,6 +39,7 @@ from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig, learn
 from lifelong.metrics import EvalClip, FeatureCache, image_features
+from lifelong.overrides import override, parse_pairs
 
 SETTINGS = ("off", "on")
 TILE = 96
@@ -53,6 +54,7 @@ class MultiConfig:
     seed: int = 0
     sample_steps: int = 20
     color: str = "white"
+    guided: tuple[tuple[str, str], ...] = ()  # GenerateConfig settings of the "on" run, e.g. attention_steps
 
 
 @dataclass
@@ -130,7 +132,8 @@ def run_multi(
     plain = GenerateConfig(
         steps=config.sample_steps, num_images=config.images_per_pair, seed=config.seed, caa=False, oaa=False
     )
-    settings = {"off": plain, "on": dataclasses.replace(plain, caa=True, oaa=True)}
+    guided = override(dataclasses.replace(plain, caa=True, oaa=True), dict(config.guided))
+    settings = {"off": plain, "on": guided}
     present: dict[str, list[bool]] = {s: [] for s in SETTINGS}
     own: dict[str, list[float]] = {s: [] for s in SETTINGS}
     by_concept: dict[str, dict[str, list[float]]] = {s: {c.name: [] for c in learned} for s in SETTINGS}
@@ -227,6 +230,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--images-per-pair", type=int, default=4, help="seeds per pair, the same off and on (default 4)"
     )
+    group.add_argument(
+        "--guided",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a GenerateConfig setting of the guided run, e.g. attention_step_size=100 (default: defaults)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -237,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
         images_per_pair=args.images_per_pair,
         seed=args.seed,
         sample_steps=args.sample_steps,
+        guided=tuple(parse_pairs(args.guided).items()),
     )
     everyone = load_concepts(args.concept_dir or BUNDLED_CONCEPTS)
     base = get_base(BaseConfig(model=args.model, device=args.device))
