@@ -241,6 +241,8 @@ def test_browser_upload_learn_generate_screenshot(served, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, studio = served
+    fake = tmp_path / "notes.png"
+    fake.write_text("a text file with an image's name")
     options = webdriver.ChromeOptions()
     options.binary_location = str(BROWSER)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1100"):
@@ -250,7 +252,14 @@ def test_browser_upload_learn_generate_screenshot(served, tmp_path):
     try:
         driver.get(url)
         upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
-        upload.send_keys("\n".join(examples()[0].images[:3]))
+        upload.send_keys("\n".join([str(fake), *examples()[0].images[:3]]))
+        # the upload is checked at once: a toast names the bad file and says what to do
+        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "body"), "notes.png: this is not"))
+        assert "Remove it and add another image." in driver.find_element(By.TAG_NAME, "body").text
+        deletes = driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Delete image']")
+        assert len(deletes) == 4
+        deletes[0].click()  # remove the bad one; the three good images stay
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "button[aria-label='Delete image']")) == 3)
         driver.find_element(By.CSS_SELECTOR, "#concept-name textarea, #concept-name input").send_keys("webby")
         driver.find_element(By.XPATH, "//button[contains(., 'Advanced')]").click()
         steps = wait.until(
