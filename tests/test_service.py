@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import time
 import zipfile
 
@@ -69,6 +70,10 @@ def test_forgetting_compares_each_earlier_concept_and_fills_the_ia_matrix(tiny_b
         f"<rex> now (checkpoint 2) · IA {item.ia_now:.3f} (drop {item.ia_drop:+.3f})",
     ]
     assert picture is not None and np.asarray(picture).std() > 10 and "IA = mean CLIP" in note
+    # on ZeroGPU the report comes back from a worker process: it must survive pickling intact
+    copy = pickle.loads(pickle.dumps(report))
+    assert np.array_equal(np.asarray(copy.comparisons[0].now), np.asarray(item.now))
+    assert np.array_equal(copy.matrix, report.matrix, equal_nan=True)
 
     plain = Studio(tiny_base, root=tmp_path, scorer_note="no eval CLIP here.")
     report = plain.forgetting("u", FAST)
