@@ -269,6 +269,11 @@ def test_browser_upload_learn_generate_screenshot(served, tmp_path):
         steps.send_keys("20\t")  # fewer steps than the default: the test checks the path, not the quality
         driver.find_element(By.ID, "learn-button").click()
         wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "Learned <webby>"))
+        example = examples()[1].name  # one click on an example fills the form and learns it
+        driver.find_element(By.XPATH, f"//tr[.//*[contains(text(), '{example}')]]").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), f"Learned <{example}>"))
+        status = " ".join(driver.find_element(By.ID, "status").text.split())  # code spans break lines
+        assert f"holds 2 concept(s): <webby> , <{example}>" in status
         driver.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Generate')]").click()
         wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#prompt textarea"))).send_keys(
             "a <webby>"
