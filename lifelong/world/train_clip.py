@@ -2,7 +2,8 @@
 
 Its text tower becomes the diffusion text encoder (frozen while the UNet trains); the whole model is the
 evaluation CLIP of the metrics. Pooling: CLIPTextModel pools at the first eos token, so the config's
-eos_token_id is the tokenizer's eos id (1, not the legacy 2).
+eos_token_id is the tokenizer's eos id (1, not the legacy 2). Once the UNet trains on the text tower,
+`--resume --freeze-text` can keep improving the vision side without changing the diffusion conditioning.
 
 `nice -n 10 python -m lifelong.world.train_clip [--resume]`
 """
@@ -33,6 +34,7 @@ class ClipTrainConfig:
     seed: int = 0
     threads: int = 1
     save_every: int = 200
+    freeze_text: bool = False
 
 
 def clip_config(vocab_size: int) -> CLIPConfig:
@@ -98,6 +100,8 @@ def train(cfg: ClipTrainConfig, resume: bool) -> None:
     else:
         model = CLIPModel(clip_config(len(world_tokenizer())))
         start = 0
+    if cfg.freeze_text:
+        model.text_model.requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if start:
         ckpt.load_optimizer(optimizer)
@@ -124,8 +128,13 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--steps", type=int, default=ClipTrainConfig.steps)
     parser.add_argument("--threads", type=int, default=ClipTrainConfig.threads)
+    parser.add_argument(
+        "--freeze-text",
+        action="store_true",
+        help="train only the vision side: the text tower already conditions a UNet and must not change",
+    )
     args = parser.parse_args()
-    train(ClipTrainConfig(steps=args.steps, threads=args.threads), args.resume)
+    train(ClipTrainConfig(steps=args.steps, threads=args.threads, freeze_text=args.freeze_text), args.resume)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class VaeTrainConfig:
     seed: int = 0
     threads: int = 1
     save_every: int = 200
+    decoder_only: bool = False
 
 
 def build_vae() -> AutoencoderKL:
@@ -69,29 +70,43 @@ def latent_std(vae: AutoencoderKL, images: np.ndarray, n: int = 2048) -> float:
     return float(torch.cat(means).std())
 
 
+def _trainable(vae: AutoencoderKL, decoder_only: bool) -> list[torch.nn.Parameter]:
+    if decoder_only:
+        return [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    return list(vae.parameters())
+
+
 def train(cfg: VaeTrainConfig, resume: bool) -> None:
+    """Full training writes `final` (with scaling_factor); decoder-only training starts from `final`,
+    keeps its encoder (so latents already cached for the UNet stay valid) and writes `final-decoder`."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    log = Log(cfg.out / "train.log")
+    suffix = "-decoder" if cfg.decoder_only else ""
+    log = Log(cfg.out / f"train{suffix}.log")
     images, _ = load_cache(cfg.data)
-    ckpt = Checkpointer(cfg.out / "ckpt")
+    ckpt = Checkpointer(cfg.out / f"ckpt{suffix}")
     if resume and ckpt.exists():
         vae = AutoencoderKL.from_pretrained(ckpt.folder / "vae")
         start = ckpt.state()["step"]
     else:
-        vae = build_vae()
+        vae = AutoencoderKL.from_pretrained(cfg.out / "final") if cfg.decoder_only else build_vae()
         start = 0
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    params = _trainable(vae, cfg.decoder_only)
+    vae.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     if start:
         ckpt.load_optimizer(optimizer)
-    log(f"vae {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M params, start at step {start}")
+    log(f"vae {sum(p.numel() for p in params) / 1e6:.2f}M trainable params, start at step {start}")
     rng = np.random.default_rng([cfg.seed, start])
     for step in range(start, cfg.steps):
         vae.train()
         pixels = to_pixels(images[np.sort(rng.choice(len(images), size=cfg.batch, replace=False))])
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
-        posterior = vae.encode(pixels).latent_dist
+        with torch.set_grad_enabled(not cfg.decoder_only):
+            posterior = vae.encode(pixels).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + cfg.kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
@@ -102,11 +117,14 @@ def train(cfg: VaeTrainConfig, resume: bool) -> None:
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             ckpt.save({"vae": vae}, optimizer, step + 1)
             log(f"step {step + 1} saved; psnr {psnr_db(vae, n=64):.2f} dB")
-    std = latent_std(vae, images)
-    vae.register_to_config(scaling_factor=1.0 / std)
-    vae.save_pretrained(cfg.out / "final")
-    (cfg.out / "final" / "quality.json").write_text(json.dumps({"psnr_db": psnr_db(vae), "latent_std": std}))
-    log(f"final: latent std {std:.4f}, scaling_factor {1 / std:.4f}, saved to {cfg.out / 'final'}")
+    if not cfg.decoder_only:
+        std = latent_std(vae, images)
+        vae.register_to_config(scaling_factor=1.0 / std)
+        log(f"latent std {std:.4f}, scaling_factor {1 / std:.4f}")
+    final = cfg.out / f"final{suffix}"
+    vae.save_pretrained(final)
+    (final / "quality.json").write_text(json.dumps({"psnr_db": psnr_db(vae)}))
+    log(f"saved to {final}")
 
 
 def main() -> None:
@@ -114,8 +132,11 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--steps", type=int, default=VaeTrainConfig.steps)
     parser.add_argument("--threads", type=int, default=VaeTrainConfig.threads)
+    parser.add_argument(
+        "--decoder-only", action="store_true", help="fine-tune the decoder of runs/world/vae/final"
+    )
     args = parser.parse_args()
-    train(VaeTrainConfig(steps=args.steps, threads=args.threads), args.resume)
+    train(VaeTrainConfig(steps=args.steps, threads=args.threads, decoder_only=args.decoder_only), args.resume)
 
 
 if __name__ == "__main__":

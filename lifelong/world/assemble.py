@@ -1,0 +1,94 @@
+"""Assemble the trained parts into the shipped folders: assets/base-model and assets/eval-clip.
+
+base-model is a plain diffusers StableDiffusionPipeline folder (vae, text_encoder, tokenizer, unet, DDIM
+scheduler; no safety checker) whose UNet is stored in float16 to stay small (diffusers loads it as float32
+unless asked otherwise). eval-clip is the whole world CLIP with a CLIPProcessor-compatible image processor
+and the same tokenizer.
+
+`python -m lifelong.world.assemble [--unet runs/world/unet/ckpt/ema]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPImageProcessor, CLIPModel
+
+from .common import world_tokenizer
+
+
+def build_scheduler() -> DDIMScheduler:
+    """The sampler shipped with the pipeline: SD-1.x's betas, with every config value saved as it runs."""
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def build_image_processor() -> CLIPImageProcessor:
+    """Maps any RGB image to 64×64 in [-1, 1], the normalisation the world CLIP was trained with."""
+    return CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": 64},
+        do_center_crop=True,
+        crop_size={"height": 64, "width": 64},
+        do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        do_convert_rgb=True,
+    )
+
+
+def _replace(folder: Path, write) -> None:
+    """Write a folder aside, then swap it in, so a crash never leaves half a model in assets/."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+
+
+def assemble(clip_path: Path, vae_path: Path, unet_path: Path, assets: Path) -> None:
+    clip = CLIPModel.from_pretrained(clip_path, torch_dtype=torch.float32)
+    tokenizer = world_tokenizer()
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(vae_path, torch_dtype=torch.float32),
+        text_encoder=clip.text_model,
+        tokenizer=tokenizer,
+        unet=UNet2DConditionModel.from_pretrained(unet_path, torch_dtype=torch.float32).half(),
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+    def write_eval_clip(folder: Path) -> None:
+        clip.save_pretrained(folder)
+        build_image_processor().save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    _replace(assets / "base-model", pipe.save_pretrained)
+    _replace(assets / "eval-clip", write_eval_clip)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clip", type=Path, default=Path("runs/world/clip/ckpt/model"))
+    parser.add_argument("--vae", type=Path, default=Path("runs/world/vae/final"))
+    parser.add_argument("--unet", type=Path, default=Path("runs/world/unet/ckpt/ema"))
+    parser.add_argument("--assets", type=Path, default=Path("assets"))
+    args = parser.parse_args()
+    assemble(args.clip, args.vae, args.unet, args.assets)
+
+
+if __name__ == "__main__":
+    main()

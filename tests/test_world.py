@@ -1,0 +1,129 @@
+"""The bundled world: deterministic data, held-out concepts kept out, and shipped assets that load."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lifelong.world.data import FONT_PATH, HELD_IN, HELD_OUT, generate, sample_scene, scene_rng, world_words
+from lifelong.world.tokenizer import build_tokenizer
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+needs_font = pytest.mark.skipif(not FONT_PATH.exists(), reason="emoji font not installed")
+
+
+def test_scenes_are_deterministic_per_seed() -> None:
+    first = [sample_scene(scene_rng(3, i)) for i in range(50)]
+    again = [sample_scene(scene_rng(3, i)) for i in range(50)]
+    other = [sample_scene(scene_rng(4, i)) for i in range(50)]
+    assert first == again
+    assert first != other
+
+
+@needs_font
+def test_rendering_is_deterministic_per_seed() -> None:
+    a, scene_a = generate(0, 11)
+    b, scene_b = generate(0, 11)
+    assert scene_a == scene_b
+    assert a.size == (64, 64)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_held_out_emoji_never_in_training_captions() -> None:
+    held_out = {e.char for e in HELD_OUT}
+    assert len(HELD_OUT) >= 20
+    assert not held_out & {e.char for e in HELD_IN}
+    for i in range(3000):
+        scene = sample_scene(scene_rng(0, i))
+        assert not held_out & {p.emoji.char for p in scene.objects}
+        for emoji in HELD_OUT:
+            assert not re.search(rf"\b{re.escape(emoji.name)}\b", scene.caption)
+
+
+def test_captions_use_only_world_words() -> None:
+    tokenizer = build_tokenizer(world_words())
+    for i in range(500):
+        ids = tokenizer(sample_scene(scene_rng(1, i)).caption).input_ids
+        assert tokenizer.unk_token_id not in ids
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import StableDiffusionPipeline
+
+    if not (ASSETS / "base-model" / "model_index.json").exists():
+        pytest.skip("assets/base-model not assembled")
+    return StableDiffusionPipeline.from_pretrained(
+        ASSETS / "base-model", safety_checker=None, requires_safety_checker=False
+    )
+
+
+def test_shipped_tokenizer_pads_adds_tokens_and_tolerates_unknown_words(pipe) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "base-model" / "tokenizer")
+    assert tokenizer.model_max_length == 32
+    ids = tokenizer(
+        ["A Cat face, on the LEFT!", "a wibble"], padding="max_length", max_length=tokenizer.model_max_length
+    ).input_ids
+    assert all(len(row) == 32 for row in ids)
+    assert tokenizer.unk_token_id in ids[1]
+    assert tokenizer.unk_token_id not in tokenizer("a cat face, on the left").input_ids
+    assert pipe.text_encoder.config.eos_token_id == tokenizer.eos_token_id != 2
+    size = len(tokenizer)
+    assert tokenizer.add_tokens(["<|slot0|>"]) == 1
+    assert tokenizer("a <|slot0|> animal").input_ids[2] == size
+    text_encoder = copy.deepcopy(pipe.text_encoder)
+    text_encoder.resize_token_embeddings(len(tokenizer))
+    hidden = text_encoder(torch.tensor([tokenizer("a <|slot0|>").input_ids])).last_hidden_state
+    assert hidden.shape == (1, 4, text_encoder.config.hidden_size)
+
+
+def test_shipped_pipeline_generates_a_64px_image(pipe) -> None:
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        "a cat face on a red background",
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    assert image.size == (64, 64)
+    config = pipe.scheduler.config
+    assert (config.steps_offset, config.clip_sample) == (1, False)
+
+
+def test_eval_clip_loads_with_its_processor() -> None:
+    from transformers import CLIPModel, CLIPProcessor
+
+    if not (ASSETS / "eval-clip" / "config.json").exists():
+        pytest.skip("assets/eval-clip not assembled")
+    model = CLIPModel.from_pretrained(ASSETS / "eval-clip")
+    processor = CLIPProcessor.from_pretrained(ASSETS / "eval-clip")
+    from PIL import Image
+
+    inputs = processor(
+        text=["a cat face", "a bus"],
+        images=[Image.new("RGB", (100, 80), "red")],
+        return_tensors="pt",
+        padding=True,
+    )
+    assert model(**inputs).logits_per_image.shape == (1, 2)
+
+
+def test_shipped_concepts_have_five_references_and_known_class_words() -> None:
+    index = json.loads((ASSETS / "concepts" / "index.json").read_text())
+    assert len(index) >= 20
+    words = set(world_words())
+    held_out_names = {e.name for e in HELD_OUT}
+    for entry in index:
+        assert re.fullmatch(r"[a-z0-9_-]+", entry["name"])
+        assert entry["emoji_name"] in held_out_names
+        assert entry["class_word"] in words
+        assert len(list((ASSETS / "concepts" / entry["name"]).glob("*.png"))) == 5
