@@ -12,7 +12,7 @@ from PIL import Image
 from tiny import tiny_pipeline
 from tiny_clip import tiny_clip
 
-from lifelong.bench.cli import main
+from lifelong.bench.cli import build_parser, main, sequence_settings
 from lifelong.bench.report import write_report
 from lifelong.bench.sequence import (
     BenchConcept,
@@ -155,3 +155,11 @@ def test_overrides_reach_every_method_or_only_the_methods_that_have_the_setting(
     assert finetune.settings == {} and l2dm.settings == {"clip": "vae"}
     with pytest.raises(UnknownMethodError, match="no_such_setting"):
         SequenceConfig(methods=("finetune",), overrides=(("no_such_setting", "1"),)).check()
+
+
+def test_quick_defaults_and_explicit_options_win():
+    config, count = sequence_settings(build_parser().parse_args(["--quick", "--out", "x"]))
+    assert (count, config.methods, config.steps) == (3, ("finetune", "lfs", "l2dm"), 60)
+    args = ["--quick", "--out", "x", "--steps", "5", "--concepts", "2", "--methods", "finetune, routed"]
+    config, count = sequence_settings(build_parser().parse_args(args))
+    assert (count, config.methods, config.steps) == (2, ("finetune", "routed"), 5)

@@ -84,17 +84,12 @@ def _lifelong_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _quick_methods() -> list[str]:
-    """finetune, lfs and l2dm; where a method is not registered, the next registered one takes its place."""
-    preferred = [m for m in QUICK_METHODS if m in METHODS]
-    others = [m for m in METHODS if m not in preferred]
-    return (preferred + others)[: len(QUICK_METHODS)]
-
-
-def _run_lifelong(args: argparse.Namespace) -> int:
+def sequence_settings(args: argparse.Namespace) -> tuple[SequenceConfig, int]:
+    """The run's config and concept count: explicit options, else the --quick or the full defaults."""
     defaults = QUICK if args.quick else FULL
-    count = args.concepts or defaults["concepts"]
-    methods = args.methods.split(",") if args.methods else (_quick_methods() if args.quick else list(METHODS))
+    methods = (
+        args.methods.split(",") if args.methods else (list(QUICK_METHODS) if args.quick else list(METHODS))
+    )
     config = SequenceConfig(
         methods=tuple(m.strip() for m in methods if m.strip()),
         steps=args.steps or defaults["steps"],
@@ -103,6 +98,11 @@ def _run_lifelong(args: argparse.Namespace) -> int:
         sample_steps=args.sample_steps,
         overrides=tuple(parse_pairs(args.set).items()),
     )
+    return config, args.concepts or defaults["concepts"]
+
+
+def _run_lifelong(args: argparse.Namespace) -> int:
+    config, count = sequence_settings(args)
     config.check()  # a typo should fail now, not after loading models
     concepts = load_concepts(args.concept_dir, count)
     base = get_base(BaseConfig(model=args.model, device=args.device))
