@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lifelong.attention import generate_with_maps
 from lifelong.base import BaseConfig, BaseModel, default_model, get_base
 from lifelong.concepts import Session
 from lifelong.errors import LifelongError
@@ -55,17 +56,29 @@ def _generate(args: argparse.Namespace) -> None:
         icgen_strength=args.icgen_strength,
         icgen_context=args.icgen_context,
     )
+    config = override(config, parse_pairs(args.set))
     session = session or Session(Path(args.out), args.model, [])  # no concepts: the base model alone
-    with tqdm(total=config.steps, desc="generating", unit="step") as bar:
-        images = generate(
-            base, session, args.prompt, config, args.checkpoint, lambda p: bar.update(p.step - bar.n)
-        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=config.steps, desc="generating", unit="step") as bar:
+
+        def show(progress: Progress) -> None:
+            bar.update(progress.step - bar.n)
+
+        if args.maps:
+            images, overlays, _ = generate_with_maps(
+                base, session, args.prompt, config, args.checkpoint, show
+            )
+        else:
+            images, overlays = generate(base, session, args.prompt, config, args.checkpoint, show), []
     for index, image in enumerate(images):
         path = out / f"{config.seed + index:06d}.png"
         image.save(path)
         print(path)
+    for index, (overlay, caption) in enumerate(overlays):
+        path = out / f"attention-{index:02d}.png"
+        overlay.save(path)
+        print(f"{path}  ({caption})")
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -129,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="below 1: start from a named concept's stored image latent noised to this strength (ICGen)",
     )
     gen_p.add_argument("--icgen-context", default="mean", help="'mean' or the index of a context image")
+    gen_p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any GenerateConfig field, e.g. caa=false",
+    )
+    gen_p.add_argument(
+        "--maps", action="store_true", help="also save where each word attends (attention maps)"
+    )
     gen_p.add_argument("--out", required=True, type=Path)
     common(gen_p)
     gen_p.set_defaults(run=_generate)

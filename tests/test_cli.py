@@ -34,6 +34,10 @@ def test_learn_generate_info(model_dir, tmp_path, capsys):
     now = [np.asarray(Image.open(tmp_path / "now" / f"{i:06d}.png")) for i in range(2)]
     again = [np.asarray(Image.open(tmp_path / "again" / f"{i:06d}.png")) for i in range(2)]
     assert now[0].shape == (16, 16, 3) and all(np.array_equal(a, b) for a, b in zip(now, again, strict=True))
+    maps = [*args, "--maps", "--set", "caa=false", "--out", str(tmp_path / "maps"), *common]
+    assert main(maps) == 0
+    assert len(list((tmp_path / "maps").glob("attention-*.png"))) == 2  # one overlay per image
+    assert main([*args, "--set", "no_such_field=1", "--out", str(tmp_path / "x"), *common]) == 2
 
 
 def test_errors_are_messages_not_tracebacks(model_dir, tmp_path, capsys):
