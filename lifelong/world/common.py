@@ -36,7 +36,11 @@ def tokenize(captions: list[str]) -> torch.Tensor:
     """Token ids padded to the tokenizer's model_max_length, as the diffusion pipeline pads prompts."""
     tokenizer = world_tokenizer()
     return tokenizer(
-        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
     ).input_ids
 
 
@@ -62,7 +66,9 @@ class Checkpointer:
     def exists(self) -> bool:
         return (self.folder / "state.json").exists()
 
-    def save(self, models: dict[str, Any], optimizer: torch.optim.Optimizer, step: int, extra: dict | None = None) -> None:
+    def save(
+        self, models: dict[str, Any], optimizer: torch.optim.Optimizer, step: int, extra: dict | None = None
+    ) -> None:
         tmp = self.folder.with_name(self.folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

@@ -216,7 +216,9 @@ def render(scene: Scene, rng: np.random.Generator, size: int = 64) -> Image.Imag
     return image.convert("RGB")
 
 
-def generate(seed: int, index: int, pool: tuple[Emoji, ...] = HELD_IN, size: int = 64) -> tuple[Image.Image, Scene]:
+def generate(
+    seed: int, index: int, pool: tuple[Emoji, ...] = HELD_IN, size: int = 64
+) -> tuple[Image.Image, Scene]:
     """Scene `index` of the world drawn with `seed`: the same arguments always give the same pixels."""
     rng = scene_rng(seed, index)
     scene = sample_scene(rng, pool)

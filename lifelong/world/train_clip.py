@@ -34,6 +34,7 @@ class ClipTrainConfig:
     seed: int = 0
     threads: int = 1
     save_every: int = 200
+    until: int | None = None  # stop early at this step, keeping the lr schedule of `steps`
     freeze_text: bool = False
 
 
@@ -107,7 +108,7 @@ def train(cfg: ClipTrainConfig, resume: bool) -> None:
         ckpt.load_optimizer(optimizer)
     log(f"clip {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, start at step {start}")
     rng = np.random.default_rng([cfg.seed, start])
-    for step in range(start, cfg.steps):
+    for step in range(start, min(cfg.steps, cfg.until or cfg.steps)):
         model.train()
         batch = np.sort(rng.choice(len(captions), size=cfg.batch, replace=False))
         for group in optimizer.param_groups:
@@ -118,7 +119,7 @@ def train(cfg: ClipTrainConfig, resume: bool) -> None:
         optimizer.step()
         if step % 50 == 0:
             log(f"step {step} loss {loss.item():.4f}")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % cfg.save_every == 0 or step + 1 in (cfg.steps, cfg.until):
             ckpt.save({"model": model}, optimizer, step + 1)
             log(f"step {step + 1} saved; zero-shot top-1 {zero_shot_top1(model, n=200):.3f}")
 
@@ -128,13 +129,17 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--steps", type=int, default=ClipTrainConfig.steps)
     parser.add_argument("--threads", type=int, default=ClipTrainConfig.threads)
+    parser.add_argument("--until", type=int, help="stop at this step; the lr schedule still spans --steps")
     parser.add_argument(
         "--freeze-text",
         action="store_true",
         help="train only the vision side: the text tower already conditions a UNet and must not change",
     )
     args = parser.parse_args()
-    train(ClipTrainConfig(steps=args.steps, threads=args.threads, freeze_text=args.freeze_text), args.resume)
+    cfg = ClipTrainConfig(
+        steps=args.steps, threads=args.threads, freeze_text=args.freeze_text, until=args.until
+    )
+    train(cfg, args.resume)
 
 
 if __name__ == "__main__":

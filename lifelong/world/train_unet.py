@@ -30,7 +30,7 @@ class UnetTrainConfig:
     clip: Path = Path("runs/world/clip/ckpt/model")
     vae: Path = Path("runs/world/vae/final")
     out: Path = Path("runs/world/unet")
-    steps: int = 8000
+    steps: int = 3000
     n_latents: int = 24000  # encoding all 40k cached images costs ~5-15 min of a shared CPU
     batch: int = 32
     lr: float = 4e-4
@@ -38,7 +38,7 @@ class UnetTrainConfig:
     uncond_prob: float = 0.1
     snr_gamma: float = 5.0
     seed: int = 0
-    threads: int = 2
+    threads: int = 1  # on a shared 2-core CPU, 2 threads thrashed (10x slower steps)
     save_every: int = 250
 
 

@@ -34,6 +34,7 @@ class VaeTrainConfig:
     seed: int = 0
     threads: int = 1
     save_every: int = 200
+    until: int | None = None  # stop early at this step, keeping the lr schedule of `steps`
     decoder_only: bool = False
 
 
@@ -100,7 +101,7 @@ def train(cfg: VaeTrainConfig, resume: bool) -> None:
         ckpt.load_optimizer(optimizer)
     log(f"vae {sum(p.numel() for p in params) / 1e6:.2f}M trainable params, start at step {start}")
     rng = np.random.default_rng([cfg.seed, start])
-    for step in range(start, cfg.steps):
+    for step in range(start, min(cfg.steps, cfg.until or cfg.steps)):
         vae.train()
         pixels = to_pixels(images[np.sort(rng.choice(len(images), size=cfg.batch, replace=False))])
         for group in optimizer.param_groups:
@@ -114,7 +115,7 @@ def train(cfg: VaeTrainConfig, resume: bool) -> None:
         optimizer.step()
         if step % 50 == 0:
             log(f"step {step} loss {loss.item():.4f}")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        if (step + 1) % cfg.save_every == 0 or step + 1 in (cfg.steps, cfg.until):
             ckpt.save({"vae": vae}, optimizer, step + 1)
             log(f"step {step + 1} saved; psnr {psnr_db(vae, n=64):.2f} dB")
     if not cfg.decoder_only:
@@ -132,11 +133,15 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--steps", type=int, default=VaeTrainConfig.steps)
     parser.add_argument("--threads", type=int, default=VaeTrainConfig.threads)
+    parser.add_argument("--until", type=int, help="stop at this step; the lr schedule still spans --steps")
     parser.add_argument(
         "--decoder-only", action="store_true", help="fine-tune the decoder of runs/world/vae/final"
     )
     args = parser.parse_args()
-    train(VaeTrainConfig(steps=args.steps, threads=args.threads, decoder_only=args.decoder_only), args.resume)
+    cfg = VaeTrainConfig(
+        steps=args.steps, threads=args.threads, decoder_only=args.decoder_only, until=args.until
+    )
+    train(cfg, args.resume)
 
 
 if __name__ == "__main__":
