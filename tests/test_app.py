@@ -22,6 +22,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from lifelong.base import REPO_ROOT, default_model, get_base
+from lifelong.methods import DEFAULT_METHOD
 from lifelong.service import Studio, default_scorer
 from lifelong.ui import examples
 
@@ -92,7 +93,7 @@ def test_learn_example_generate_export_reimport(served, base, tmp_path):
     client = Client(url, verbose=False)
     timeline, _, status = learn(client, example.images, example.name, example.class_word)
     assert captions(timeline) == [
-        f"1. <{example.name}> · finetune · {captions(timeline)[0].split(' · ')[-1]}"
+        f"1. <{example.name}> · {DEFAULT_METHOD} · {captions(timeline)[0].split(' · ')[-1]}"
     ]
     assert f"Learned **<{example.name}>**" in html.unescape(status)  # escaped: Markdown renders HTML
     images = generate(client, f"a <{example.name}> {example.class_word}")
