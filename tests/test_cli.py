@@ -25,10 +25,37 @@ def test_learn_generate_info(model_dir, tmp_path, capsys):
         image.save(images[-1])
     session = tmp_path / "session"
     common = ["--model", str(model_dir), "--device", "cpu"]
-    assert main(["learn", "--session", str(session), "--name", "Rex", "--class-word", "dog", "--steps", "3", *images, *common]) == 0
+    assert (
+        main(
+            [
+                "learn",
+                "--session",
+                str(session),
+                "--name",
+                "Rex",
+                "--class-word",
+                "dog",
+                "--steps",
+                "3",
+                *images,
+                *common,
+            ]
+        )
+        == 0
+    )
     assert main(["info", "--session", str(session)]) == 0
     assert "checkpoint 1: <rex> (dog) method=finetune images=3 steps=3" in capsys.readouterr().out
-    args = ["generate", "--session", str(session), "--prompt", "a <rex> dog", "--num-images", "2", "--steps", "2"]
+    args = [
+        "generate",
+        "--session",
+        str(session),
+        "--prompt",
+        "a <rex> dog",
+        "--num-images",
+        "2",
+        "--steps",
+        "2",
+    ]
     assert main([*args, "--out", str(tmp_path / "now"), *common]) == 0
     assert main([*args, "--out", str(tmp_path / "again"), *common]) == 0
     now = [np.asarray(Image.open(tmp_path / "now" / f"{i:06d}.png")) for i in range(2)]
@@ -43,7 +70,21 @@ def test_learn_generate_info(model_dir, tmp_path, capsys):
 def test_errors_are_messages_not_tracebacks(model_dir, tmp_path, capsys):
     bad = tmp_path / "notes.png"
     bad.write_text("hello")
-    code = main(["learn", "--session", str(tmp_path / "s"), "--name", "../x", str(bad), "--model", str(model_dir)])
+    code = main(
+        ["learn", "--session", str(tmp_path / "s"), "--name", "../x", str(bad), "--model", str(model_dir)]
+    )
     assert code == 2 and "cannot be a concept name" in capsys.readouterr().err
-    code = main(["generate", "--session", str(tmp_path / "s"), "--prompt", "a <ghost>", "--out", str(tmp_path / "o"), "--model", str(model_dir)])
+    code = main(
+        [
+            "generate",
+            "--session",
+            str(tmp_path / "s"),
+            "--prompt",
+            "a <ghost>",
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            str(model_dir),
+        ]
+    )
     assert code == 2 and "not a learned concept" in capsys.readouterr().err

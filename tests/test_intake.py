@@ -59,7 +59,9 @@ def test_cmyk_alpha_16bit_palette_and_animated_become_rgb_squares():
     animated = io.BytesIO()
     frames[0].save(animated, format="GIF", save_all=True, append_images=frames[1:])
     webp = encoded(base, "WEBP")
-    out = load_images([cmyk, encoded(rgba, "PNG"), encoded(gray16, "PNG"), palette, animated.getvalue(), webp], 32)
+    out = load_images(
+        [cmyk, encoded(rgba, "PNG"), encoded(gray16, "PNG"), palette, animated.getvalue(), webp], 32
+    )
     assert all(image.mode == "RGB" and image.size == (32, 32) for image in out)
     assert np.asarray(out[1]).min() > 250  # transparency composited over white
     assert np.asarray(out[2])[0, 0, 0] < np.asarray(out[2])[-1, -1, 0]  # the 16-bit ramp survives
@@ -83,13 +85,17 @@ def test_exif_rotation_is_applied():
     assert array[:, 15:].mean() > 200 and array[:, :5].mean() < 60  # white moved to the right
 
 
-@pytest.mark.parametrize("name", ["", "   ", "../etc", "a/b", "rex.png", "🐶dog", "has space", "x" * 40, "-lead"])
+@pytest.mark.parametrize(
+    "name", ["", "   ", "../etc", "a/b", "rex.png", "🐶dog", "has space", "x" * 40, "-lead"]
+)
 def test_unsafe_or_empty_names_are_refused(name):
     with pytest.raises(InvalidConceptNameError):
         validate_name(name)
 
 
-@pytest.mark.parametrize(("given", "expected"), [("Rex", "rex"), (" <rex_2> ", "rex_2"), ("my-mug", "my-mug")])
+@pytest.mark.parametrize(
+    ("given", "expected"), [("Rex", "rex"), (" <rex_2> ", "rex_2"), ("my-mug", "my-mug")]
+)
 def test_names_are_normalised(given, expected):
     assert validate_name(given) == expected
 

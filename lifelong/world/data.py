@@ -154,7 +154,10 @@ def sample_scene(rng: np.random.Generator, pool: tuple[Emoji, ...] = HELD_IN) ->
         pos1, pos2 = (("left", "right"), ("top", "bottom"))[rng.integers(2)]
         if rng.random() < 0.5:
             pos1, pos2 = pos2, pos1
-        objects = (Placed(pool[first], pos1, "small"), Placed(pool[second], pos2, "small"))
+        objects: tuple[Placed, ...] = (
+            Placed(pool[first], pos1, "small"),
+            Placed(pool[second], pos2, "small"),
+        )
         template = _PAIR_TEMPLATES[rng.integers(len(_PAIR_TEMPLATES))]
     else:
         position = list(POSITIONS)[rng.integers(len(POSITIONS))]

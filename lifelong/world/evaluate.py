@@ -63,7 +63,9 @@ def _tensor(features) -> torch.Tensor:
 
 def one_emoji_scenes(seed: int, n: int) -> tuple[list[Image.Image], list[int], list[str]]:
     """First `n` one-emoji scenes of `seed`: images, HELD_IN indices, background colour names."""
-    images, labels, colors = [], [], []
+    images: list[Image.Image] = []
+    labels: list[int] = []
+    colors: list[str] = []
     index = 0
     while len(images) < n:
         image, scene = generate(seed, index)
