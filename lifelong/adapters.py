@@ -10,7 +10,7 @@ frozen base, written into the base weights in place for the duration of :func:`u
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,7 +91,7 @@ def compose(
 
 def _base_weights(base: BaseModel) -> dict[str, torch.Tensor]:
     """Pristine copies of the target weights, taken once, so a state can always be taken out exactly."""
-    cache = base.__dict__.setdefault("_pristine_targets", {})
+    cache = base.pristine
     if not cache:
         unet = base.pipe.unet
         for name in target_module_names(unet):
@@ -288,12 +288,3 @@ def token_embedding(base: BaseModel, words: str) -> torch.Tensor:
     if not ids:
         return table[: min(len(tokenizer), table.shape[0])].float().mean(0).detach().cpu()
     return table[ids].float().mean(0).detach().cpu()
-
-
-def weight_snapshot(base: BaseModel, names: Mapping[str, object] | None = None) -> dict[str, torch.Tensor]:
-    """Copies of the current target weights (tests use it to prove a state was taken out exactly)."""
-    unet = base.pipe.unet
-    return {
-        name: unet.get_submodule(name).weight.detach().clone()
-        for name in (names or target_module_names(unet))
-    }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -53,6 +53,7 @@ class BaseModel:
     slot_token_ids: list[int]
     lock: threading.RLock
     accelerator: Accelerator  # mixed precision for training: bf16 autocast on GPUs that have it
+    pristine: dict[str, torch.Tensor] = field(default_factory=dict)  # target weights as loaded (adapters.py)
 
     @property
     def device(self) -> torch.device:

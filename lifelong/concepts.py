@@ -210,13 +210,6 @@ class Session:
     def names(self) -> list[str]:
         return [concept.name for concept in self.concepts]
 
-    def index(self, name: str) -> int:
-        """1-based checkpoint index of a concept (checkpoint k = right after learning concept k)."""
-        try:
-            return self.names().index(name.strip("<>")) + 1
-        except ValueError as error:
-            raise InvalidPromptError(f"<{name}> is not a concept of this session.") from error
-
     def checkpoint(self, index: int) -> tuple[ConceptDelta, dict[str, torch.Tensor]]:
         """Delta and extras of concept ``index`` (1-based), loaded once."""
         concept = self.concepts[index - 1]
