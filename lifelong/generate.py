@@ -99,9 +99,10 @@ def denoise(
         if attention is not None:
             latents = attention.guide(index, t, latents, scheduler)
         model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t).to(unet.dtype)
-        eps_uncond, eps_cond = unet(model_input, t, embeddings).sample.float().chunk(2)
-        eps = eps_uncond + config.guidance_scale * (eps_cond - eps_uncond)
-        latents = scheduler.step(eps, t, latents).prev_sample
+        # ε or v, whichever the scheduler's prediction_type says; guidance is linear in either
+        uncond_out, cond_out = unet(model_input, t, embeddings).sample.float().chunk(2)
+        guided = uncond_out + config.guidance_scale * (cond_out - uncond_out)
+        latents = scheduler.step(guided, t, latents).prev_sample
         if progress is not None:
             progress(Progress(index + 1, len(timesteps), message="generating"))
     return latents

@@ -13,6 +13,7 @@ from conftest import pattern_images
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from lifelong.adapters import target_module_names
+from lifelong.base import BaseConfig, prepare_base
 from lifelong.concepts import Session
 from lifelong.errors import Cancelled, CheckpointError, InvalidPromptError, SessionFormatError
 from lifelong.generate import GenerateConfig, generate
@@ -70,6 +71,27 @@ def test_training_lowers_the_concept_loss(tiny_base, learned):
     before = concept_loss(tiny_base, session, 0, images, "a dog")
     after = concept_loss(tiny_base, session, 1, images, "a <rex> dog")
     assert after < before * 0.97, (before, after)  # K/V + token only: a random tiny UNet moves a few %
+
+
+def test_v_prediction_zero_snr_base_learns_and_samples_from_pure_noise(tmp_path):
+    """SD-2.x-style schedules (and the bundled model's) train on the velocity and sample from t = 999."""
+    from tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(
+        prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"
+    )
+    base = prepare_base(pipe, BaseConfig(model="tiny-v", concept_slots=2), torch.device("cpu"))
+    scheduler = base.sampling_scheduler()
+    scheduler.set_timesteps(FAST.steps)
+    assert int(scheduler.timesteps[0]) == 999 and float(scheduler.alphas_cumprod[999]) == 0.0
+    session = Session.create(tmp_path / "session", "tiny-v")
+    learn(session, base, pattern_images(), "rex", "dog", LearnConfig(steps=40, seed=1))
+    images = session.images(1)
+    before = concept_loss(base, session, 0, images, "a dog")
+    after = concept_loss(base, session, 1, images, "a <rex> dog")
+    assert after < before * 0.97, (before, after)
+    generated = pixels(generate(base, session, "a <rex> dog", FAST))
+    assert generated.std() > 1.0
 
 
 def test_save_export_import_gives_the_same_image(tiny_base, learned, tmp_path):

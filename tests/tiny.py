@@ -46,7 +46,8 @@ def tiny_tokenizer(max_length: int = 16) -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+def tiny_pipeline(seed: int = 0, **scheduler: object) -> StableDiffusionPipeline:
+    """SD-1.x's ε schedule, or any other DDIM config through ``scheduler`` (e.g. SD-2.x's v-prediction)."""
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
     text_encoder = CLIPTextModel(
@@ -90,6 +91,7 @@ def tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
+        **scheduler,
     )
     return StableDiffusionPipeline(
         vae=vae,

@@ -19,19 +19,13 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPImageProcessor, CLIPModel
 
 from .common import world_tokenizer
+from .train_unet import build_noise_scheduler
 
 
 def build_scheduler() -> DDIMScheduler:
-    """The sampler shipped with the pipeline: SD-1.x's betas, with every config value saved as it runs."""
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    """The sampler shipped with the pipeline: the training schedule (zero terminal SNR, v-prediction,
+    trailing spacing so sampling starts from pure noise), every config value saved as it runs."""
+    return DDIMScheduler.from_config(build_noise_scheduler().config, set_alpha_to_one=False)
 
 
 def build_image_processor() -> CLIPImageProcessor:

@@ -1,12 +1,15 @@
 """Train the world's UNet2DConditionModel on 16×16×4 VAE latents, conditioned on the frozen CLIP text tower.
 
-As in SD: epsilon prediction, scaled-linear betas over 1000 steps, the text tower's last hidden state as
-cross-attention context, and the empty prompt in place of the caption 10% of the time so classifier-free
-guidance works. For short CPU training, whose length the shared CPU decides, it uses a constant lr and
-adds min-SNR-5 loss weights and an EMA of the weights (the EMA is what ships). The training images are
-encoded to latents once, before the first step.
+As in SD: scaled-linear betas over 1000 steps, the text tower's last hidden state as cross-attention
+context, and the empty prompt in place of the caption 10% of the time so classifier-free guidance works.
+Unlike SD-1.x, the betas are rescaled to zero terminal SNR and the UNet predicts v (as in SD 2.x and
+"Common Diffusion Noise Schedules and Sample Steps are Flawed"): on 16×16 latents the mean of SD's last
+noisy latent still carries the image's mean colour at SNR ≈ 1, so an ε-model takes the background colour
+from the starting noise instead of the prompt. For short CPU training, whose length the shared CPU
+decides, it uses a constant lr, min-SNR-5 loss weights (in x0 terms: min(SNR, 5) + 1) and an EMA of the
+weights (the EMA is what ships). The training images are encoded to latents once, before the first step.
 
-`nice -n 10 python -m lifelong.world.train_unet [--resume]`
+`nice -n 10 python -m lifelong.world.train_unet [--resume] [--init UNET] [--reencode]`
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class UnetTrainConfig:
     seed: int = 0
     threads: int = 1  # on a shared 2-core CPU, 2 threads thrashed (10x slower steps)
     save_every: int = 250
+    init: Path | None = None  # start from these UNet weights instead of from scratch
+    reencode: bool = False  # re-encode the latents with `vae` (after the VAE changed)
 
 
 def build_unet() -> UNet2DConditionModel:
@@ -60,7 +65,8 @@ def build_unet() -> UNet2DConditionModel:
 
 
 def build_noise_scheduler() -> DDPMScheduler:
-    """SD-1.x's training schedule; steps_offset/clip_sample set explicitly so configs save as they run."""
+    """SD's betas rescaled to zero terminal SNR, v-prediction; every config value set so configs save as
+    they run. Sampling must then start at t = 999 ("trailing" spacing)."""
     return DDPMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -68,6 +74,9 @@ def build_noise_scheduler() -> DDPMScheduler:
         beta_schedule="scaled_linear",
         clip_sample=False,
         steps_offset=1,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=True,
+        timestep_spacing="trailing",
     )
 
 
@@ -96,7 +105,7 @@ def train(cfg: UnetTrainConfig, resume: bool) -> None:
     log = Log(cfg.out / "train.log")
     latents_file = cfg.out / "latents.npy"
     images, captions = load_cache(cfg.data)
-    if not latents_file.exists():
+    if cfg.reencode or not latents_file.exists():
         np.save(
             latents_file, encode_latents(AutoencoderKL.from_pretrained(cfg.vae), images[: cfg.n_latents], log)
         )
@@ -110,7 +119,7 @@ def train(cfg: UnetTrainConfig, resume: bool) -> None:
         ema = UNet2DConditionModel.from_pretrained(ckpt.folder / "ema")
         start = ckpt.state()["step"]
     else:
-        unet = build_unet()
+        unet = UNet2DConditionModel.from_pretrained(cfg.init) if cfg.init else build_unet()
         ema = build_unet()
         ema.load_state_dict(unet.state_dict())
         start = 0
@@ -140,8 +149,9 @@ def train(cfg: UnetTrainConfig, resume: bool) -> None:
         noisy = scheduler.add_noise(x0, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=context).sample
         snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
-        weight = snr.clamp(max=cfg.snr_gamma) / snr
-        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+        weight = (snr.clamp(max=cfg.snr_gamma) + 1) / (snr + 1)
+        target = scheduler.get_velocity(x0, noise, t)
+        loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / 200)  # constant after warmup; the EMA averages
         optimizer.zero_grad(set_to_none=True)
@@ -164,8 +174,20 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--steps", type=int, default=UnetTrainConfig.steps)
     parser.add_argument("--threads", type=int, default=UnetTrainConfig.threads)
+    parser.add_argument("--out", type=Path, default=UnetTrainConfig.out)
+    parser.add_argument("--vae", type=Path, default=UnetTrainConfig.vae)
+    parser.add_argument("--init", type=Path, help="start from these UNet weights (a diffusers folder)")
+    parser.add_argument("--reencode", action="store_true", help="re-encode the latents with --vae first")
     args = parser.parse_args()
-    train(UnetTrainConfig(steps=args.steps, threads=args.threads), args.resume)
+    cfg = UnetTrainConfig(
+        steps=args.steps,
+        threads=args.threads,
+        out=args.out,
+        vae=args.vae,
+        init=args.init,
+        reencode=args.reencode,
+    )
+    train(cfg, args.resume)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ class VaeTrainConfig:
     save_every: int = 200
     until: int | None = None  # stop early at this step, keeping the lr schedule of `steps`
     decoder_only: bool = False
+    init: Path | None = None  # start full training from this VAE folder instead of from scratch
 
 
 def build_vae() -> AutoencoderKL:
@@ -90,7 +91,8 @@ def train(cfg: VaeTrainConfig, resume: bool) -> None:
         vae = AutoencoderKL.from_pretrained(ckpt.folder / "vae")
         start = ckpt.state()["step"]
     else:
-        vae = AutoencoderKL.from_pretrained(cfg.out / "final") if cfg.decoder_only else build_vae()
+        init = cfg.out / "final" if cfg.decoder_only else cfg.init
+        vae = AutoencoderKL.from_pretrained(init) if init else build_vae()
         start = 0
     params = _trainable(vae, cfg.decoder_only)
     vae.requires_grad_(False)
@@ -134,12 +136,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=VaeTrainConfig.steps)
     parser.add_argument("--threads", type=int, default=VaeTrainConfig.threads)
     parser.add_argument("--until", type=int, help="stop at this step; the lr schedule still spans --steps")
-    parser.add_argument(
-        "--decoder-only", action="store_true", help="fine-tune the decoder of runs/world/vae/final"
-    )
+    parser.add_argument("--lr", type=float, default=VaeTrainConfig.lr)
+    parser.add_argument("--out", type=Path, default=VaeTrainConfig.out)
+    parser.add_argument("--init", type=Path, help="continue full training from this VAE folder")
+    parser.add_argument("--decoder-only", action="store_true", help="fine-tune the decoder of OUT/final")
     args = parser.parse_args()
     cfg = VaeTrainConfig(
-        steps=args.steps, threads=args.threads, decoder_only=args.decoder_only, until=args.until
+        out=args.out,
+        steps=args.steps,
+        lr=args.lr,
+        threads=args.threads,
+        decoder_only=args.decoder_only,
+        until=args.until,
+        init=args.init,
     )
     train(cfg, args.resume)
 
