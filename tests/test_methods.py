@@ -173,10 +173,15 @@ def test_dfkd_is_zero_at_the_teacher_and_its_gradient_pulls_the_student_back(tin
         before.backward()
         with torch.no_grad():
             for parameter in trainset.weight_parameters():
-                parameter -= 0.05 * parameter.grad / parameter.grad.norm() * parameter.norm()
+                parameter -= 0.01 * parameter.grad / parameter.grad.norm() * parameter.norm()
         assert regularizer.loss(make()).item() < before.item()  # same draws, closer to the teacher
+        pseudo = regularizer._pseudo  # the teacher's samples: made once per concept, then reused
+        assert pseudo is not None and len(pseudo[0]) == 8 and torch.isfinite(pseudo[0]).all()
         regularizer.every = 2
         assert regularizer.loss(make(step=1)).item() == 0.0 and regularizer.loss(make(step=2)).item() > 0
+        assert regularizer._pseudo is pseudo
+        regularizer.samples = 0  # x_t pure noise
+        assert regularizer.loss(make(step=2)).item() > 0
         regularizer.sampler_steps = 3  # x_t from the teacher's own sampler
         assert regularizer.loss(make(step=2)).item() > 0
 

@@ -2,13 +2,17 @@
 
 Every ``k`` steps, with no stored data::
 
-    x_t ~ N(0, I),  t ~ U{0..T-1},  c ~ pool
-    L = λ · ‖ε_student(x_t, t, c) − ε_teacher(x_t, t, c)‖²
+    x̂_m ~ teacher(c_m)  (m samples, generated once per concept),  t ~ U{0..T-1}
+    x_t = √ᾱ_t · x̂_m + √(1 − ᾱ_t) · ε
+    L = λ · ‖out_student(x_t, t, c_m) − out_teacher(x_t, t, c_m)‖²      (out: ε or v)
 
 The teacher is the same UNet with the new trainable set switched off (the previous checkpoint). The pool
-holds earlier concepts' prompts, class words, generic prompts and the empty prompt. With ``sampler_steps``
-n > 0, x_t is instead reached by j ~ U{1..n} teacher DDIM steps (of 20) from noise, so distillation also
-covers the latents the sampler visits.
+holds earlier concepts' prompts, class words, generic prompts and the empty prompt; the pseudo-samples x̂
+are the teacher's own 20-step DDIM images of them, so the student is held to the teacher on the inputs it
+meets when generating, at every noise level. With ``samples`` = 0, x_t is pure noise at a random t (cheaper,
+but off the data distribution for all but the noisiest t: on the bundled model that version forgot more
+than finetune, docs/BENCHMARKS.md). With ``sampler_steps`` n > 0, x_t is instead reached by j ~ U{1..n}
+teacher DDIM steps (of 20) from noise, fresh every step.
 """
 
 from __future__ import annotations
@@ -34,8 +38,11 @@ SETTINGS = {
     "dfkd_every": Setting(1, "distil every k-th step", 1, 1000),
     "dfkd_batch": Setting(2, "noise latents per distillation step", 1, 32),
     "dfkd_pool": Setting(",".join(SOURCES), "prompt pool: any of concepts,classes,generic,empty"),
+    "dfkd_samples": Setting(
+        8, "teacher pseudo-samples per concept, noised to random t (0: x_t is pure noise)", 0, 256
+    ),
     "dfkd_sampler_steps": Setting(
-        0, "0: x_t is pure noise; n: up to n teacher sampler steps", 0, SAMPLER_GRID - 1
+        0, "n > 0: x_t from up to n fresh teacher sampler steps instead", 0, SAMPLER_GRID - 1
     ),
 }
 
@@ -61,10 +68,13 @@ def prompt_pool(ctx: BuildContext, sources: str) -> list[str]:
 class DataFreeDistillation:
     name = "dfkd"
 
-    def __init__(self, pool: list[str], weight: float, every: int, batch: int, sampler_steps: int) -> None:
+    def __init__(
+        self, pool: list[str], weight: float, every: int, batch: int, samples: int, sampler_steps: int
+    ) -> None:
         self.pool, self.weight, self.every, self.batch = pool, weight, every, batch
-        self.sampler_steps = sampler_steps
+        self.samples, self.sampler_steps = samples, sampler_steps
         self._embeddings: torch.Tensor | None = None
+        self._pseudo: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
         if ctx.step % self.every:
@@ -72,33 +82,60 @@ class DataFreeDistillation:
         if self._embeddings is None:  # the pool never holds the new token, so its encodings are fixed
             with torch.no_grad():
                 self._embeddings = ctx.encode(self.pool)
-        pick = torch.randint(
-            0, len(self.pool), (self.batch,), generator=ctx.generator, device=ctx.latents.device
-        )
-        embeddings = self._embeddings[pick]
         shape = (self.batch, *ctx.latents.shape[1:])
-        noisy = torch.randn(shape, generator=ctx.generator, device=ctx.latents.device)
         steps = ctx.base.train_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (self.batch,), generator=ctx.generator, device=noisy.device)
-        if self.sampler_steps:
-            noisy, timesteps = self._teacher_walk(ctx, noisy, embeddings)
+        if self.samples and not self.sampler_steps:
+            latents, embeddings = self._pseudo_samples(ctx, shape)
+            pick = torch.randint(
+                0, len(latents), (self.batch,), generator=ctx.generator, device=latents.device
+            )
+            noise = torch.randn(shape, generator=ctx.generator, device=latents.device)
+            timesteps = torch.randint(0, steps, (self.batch,), generator=ctx.generator, device=noise.device)
+            noisy = ctx.base.train_scheduler.add_noise(latents[pick], noise, timesteps)
+            embeddings = embeddings[pick]
+        else:
+            pick = torch.randint(
+                0, len(self.pool), (self.batch,), generator=ctx.generator, device=ctx.latents.device
+            )
+            embeddings = self._embeddings[pick]
+            noisy = torch.randn(shape, generator=ctx.generator, device=ctx.latents.device)
+            timesteps = torch.randint(0, steps, (self.batch,), generator=ctx.generator, device=noisy.device)
+            if self.sampler_steps:
+                noisy, timesteps = self._teacher_walk(ctx, noisy, embeddings)
         student = ctx.student(noisy.to(ctx.base.dtype), timesteps, embeddings)
         teacher = ctx.teacher(noisy.to(ctx.base.dtype), timesteps, embeddings)
         return self.weight * F.mse_loss(student, teacher)
 
+    @torch.no_grad()
+    def _pseudo_samples(self, ctx: StepContext, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's own images (latents) of the pool prompts, generated on first use and kept."""
+        if self._pseudo is None:
+            assert self._embeddings is not None
+            index = torch.arange(self.samples, device=ctx.latents.device) % len(self.pool)
+            embeddings = self._embeddings[index]
+            noise = torch.randn(
+                (self.samples, *shape[1:]), generator=ctx.generator, device=ctx.latents.device
+            )
+            latents, _ = self._teacher_walk(ctx, noise, embeddings, SAMPLER_GRID)
+            self._pseudo = latents, embeddings
+        return self._pseudo
+
     def _teacher_walk(
-        self, ctx: StepContext, noise: torch.Tensor, embeddings: torch.Tensor
+        self, ctx: StepContext, noise: torch.Tensor, embeddings: torch.Tensor, walk: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``walk`` (default: j ~ U{1..sampler_steps}) teacher DDIM steps of 20 from ``noise``; returns the
+        latents and the timestep they are at (the last grid step when the walk is complete)."""
         scheduler = ctx.base.sampling_scheduler()
         scheduler.set_timesteps(SAMPLER_GRID, device=noise.device)
-        walk = int(
-            torch.randint(1, self.sampler_steps + 1, (1,), generator=ctx.generator, device=noise.device)
-        )
+        if walk is None:
+            walk = int(
+                torch.randint(1, self.sampler_steps + 1, (1,), generator=ctx.generator, device=noise.device)
+            )
         latents = noise * scheduler.init_noise_sigma
         for t in scheduler.timesteps[:walk]:
-            eps = ctx.teacher(scheduler.scale_model_input(latents, t).to(ctx.base.dtype), t, embeddings)
-            latents = scheduler.step(eps, t, latents).prev_sample
-        return latents, scheduler.timesteps[walk].repeat(len(latents))
+            out = ctx.teacher(scheduler.scale_model_input(latents, t).to(ctx.base.dtype), t, embeddings)
+            latents = scheduler.step(out, t, latents).prev_sample
+        return latents, scheduler.timesteps[min(walk, SAMPLER_GRID - 1)].repeat(len(latents))
 
 
 def build(ctx: BuildContext) -> DataFreeDistillation:
@@ -108,5 +145,6 @@ def build(ctx: BuildContext) -> DataFreeDistillation:
         float(s["dfkd_weight"]),
         int(s["dfkd_every"]),
         int(s["dfkd_batch"]),
+        int(s["dfkd_samples"]),
         int(s["dfkd_sampler_steps"]),
     )
