@@ -82,39 +82,36 @@ class DataFreeDistillation:
         if self._embeddings is None:  # the pool never holds the new token, so its encodings are fixed
             with torch.no_grad():
                 self._embeddings = ctx.encode(self.pool)
-        shape = (self.batch, *ctx.latents.shape[1:])
-        steps = ctx.base.train_scheduler.config.num_train_timesteps
-        if self.samples and not self.sampler_steps:
-            latents, embeddings = self._pseudo_samples(ctx, shape)
-            pick = torch.randint(
-                0, len(latents), (self.batch,), generator=ctx.generator, device=latents.device
-            )
-            noise = torch.randn(shape, generator=ctx.generator, device=latents.device)
-            timesteps = torch.randint(0, steps, (self.batch,), generator=ctx.generator, device=noise.device)
-            noisy = ctx.base.train_scheduler.add_noise(latents[pick], noise, timesteps)
-            embeddings = embeddings[pick]
+        pseudo = self.samples > 0 and not self.sampler_steps
+        if pseudo:
+            latents, embeddings = self._pseudo_samples(ctx)
         else:
-            pick = torch.randint(
-                0, len(self.pool), (self.batch,), generator=ctx.generator, device=ctx.latents.device
-            )
-            embeddings = self._embeddings[pick]
-            noisy = torch.randn(shape, generator=ctx.generator, device=ctx.latents.device)
-            timesteps = torch.randint(0, steps, (self.batch,), generator=ctx.generator, device=noisy.device)
-            if self.sampler_steps:
-                noisy, timesteps = self._teacher_walk(ctx, noisy, embeddings)
+            embeddings = self._embeddings
+        device = ctx.latents.device
+        pick = torch.randint(0, len(embeddings), (self.batch,), generator=ctx.generator, device=device)
+        embeddings = embeddings[pick]
+        noise = torch.randn((self.batch, *ctx.latents.shape[1:]), generator=ctx.generator, device=device)
+        steps = ctx.base.train_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (self.batch,), generator=ctx.generator, device=device)
+        if pseudo:
+            noisy = ctx.base.train_scheduler.add_noise(latents[pick], noise, timesteps)
+        elif self.sampler_steps:
+            noisy, timesteps = self._teacher_walk(ctx, noise, embeddings)
+        else:
+            noisy = noise
         student = ctx.student(noisy.to(ctx.base.dtype), timesteps, embeddings)
         teacher = ctx.teacher(noisy.to(ctx.base.dtype), timesteps, embeddings)
         return self.weight * F.mse_loss(student, teacher)
 
     @torch.no_grad()
-    def _pseudo_samples(self, ctx: StepContext, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pseudo_samples(self, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         """The teacher's own images (latents) of the pool prompts, generated on first use and kept."""
         if self._pseudo is None:
             assert self._embeddings is not None
             index = torch.arange(self.samples, device=ctx.latents.device) % len(self.pool)
             embeddings = self._embeddings[index]
             noise = torch.randn(
-                (self.samples, *shape[1:]), generator=ctx.generator, device=ctx.latents.device
+                (self.samples, *ctx.latents.shape[1:]), generator=ctx.generator, device=ctx.latents.device
             )
             latents, _ = self._teacher_walk(ctx, noise, embeddings, SAMPLER_GRID)
             self._pseudo = latents, embeddings

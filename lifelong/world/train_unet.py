@@ -179,14 +179,7 @@ def main() -> None:
     parser.add_argument("--init", type=Path, help="start from these UNet weights (a diffusers folder)")
     parser.add_argument("--reencode", action="store_true", help="re-encode the latents with --vae first")
     args = parser.parse_args()
-    cfg = UnetTrainConfig(
-        steps=args.steps,
-        threads=args.threads,
-        out=args.out,
-        vae=args.vae,
-        init=args.init,
-        reencode=args.reencode,
-    )
+    cfg = UnetTrainConfig(**{k: v for k, v in vars(args).items() if k != "resume"})
     train(cfg, args.resume)
 
 

@@ -141,15 +141,7 @@ def main() -> None:
     parser.add_argument("--init", type=Path, help="continue full training from this VAE folder")
     parser.add_argument("--decoder-only", action="store_true", help="fine-tune the decoder of OUT/final")
     args = parser.parse_args()
-    cfg = VaeTrainConfig(
-        out=args.out,
-        steps=args.steps,
-        lr=args.lr,
-        threads=args.threads,
-        decoder_only=args.decoder_only,
-        until=args.until,
-        init=args.init,
-    )
+    cfg = VaeTrainConfig(**{k: v for k, v in vars(args).items() if k != "resume"})
     train(cfg, args.resume)
 
 
