@@ -85,7 +85,7 @@ def denoise(
     ``attention`` (CAA/OAA) may move the latents before each step's noise prediction. With a ``context``
     latent and ``config.icgen_strength`` < 1 sampling starts from the context instead (ICGen).
     """
-    unet = base.pipe.unet
+    unet = base.pipe.unet if attention is not None else base.sampling_unet()
     scheduler = base.sampling_scheduler()
     scheduler.set_timesteps(config.steps, device=base.device)
     timesteps = scheduler.timesteps
@@ -157,8 +157,12 @@ def generate(
     context = vision_context(session, prompt, k, config.icgen_context) if config.icgen_strength < 1 else None
     with use_state(base, session.state(k, base.slot_token_ids, prompt)), torch.no_grad():
         cond, uncond = encode_text(base, [text]), encode_text(base, [negative])
-        with attention_control(base, text, session.names()[:k], cond, config, record) as control:
+        # attention guidance needs autograd; plain sampling skips its bookkeeping altogether
+        with (
+            attention_control(base, text, session.names()[:k], cond, config, record) as control,
+            torch.inference_mode(control is None),
+        ):
             latents = denoise(
                 base, initial_noise(base, seeds), cond, uncond, config, progress, control, context
             )
-        return decode(base, latents)
+            return decode(base, latents)

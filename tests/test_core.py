@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import pattern_images
 from peft.tuners.tuners_utils import BaseTunerLayer
+from tiny import tiny_pipeline
 
 from lifelong.adapters import target_module_names
 from lifelong.base import BaseConfig, prepare_base
@@ -199,3 +200,22 @@ def test_import_refuses_a_non_zip_and_a_foreign_checkpoint(tmp_path, learned):
             dst.writestr(item, b"\x00" * 16 if item.filename.endswith(".safetensors") else data)
     with pytest.raises(SessionFormatError):
         Session.import_file(tmp_path / "bad.zip", tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_compiled_sampling_gives_the_eager_images_and_follows_the_weights(learned):
+    """The compiled UNet shares the base's weights, so the K/V deltas a concept writes in reach it too."""
+    session, _ = learned
+    eager = prepare_base(tiny_pipeline(), BaseConfig(model="tiny"))
+    compiled = prepare_base(tiny_pipeline(), BaseConfig(model="tiny", compile=True))
+    expected = pixels(generate(eager, session, "a <rex> dog", FAST))
+    assert np.abs(pixels(generate(compiled, session, "a <rex> dog", FAST)).astype(int) - expected).max() <= 1
+    assert compiled.compiled_unet is not None
+
+    unet, x, c = compiled.pipe.unet, torch.randn(2, 4, 8, 8), torch.randn(2, 16, 32)
+    with torch.inference_mode():
+        before = compiled.sampling_unet()(x, 500, c).sample
+        unet.get_submodule(target_module_names(unet)[0]).weight.mul_(3)
+        after, reference = compiled.sampling_unet()(x, 500, c).sample, unet(x, 500, c).sample
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, reference)

@@ -127,3 +127,28 @@ def test_shipped_concepts_have_five_references_and_known_class_words() -> None:
         assert entry["emoji_name"] in held_out_names
         assert entry["class_word"] in words
         assert len(list((ASSETS / "concepts" / entry["name"]).glob("*.png"))) == 5
+
+
+def test_linear_projection_is_the_same_unet():
+    from diffusers import UNet2DConditionModel
+
+    from lifelong.world.assemble import with_linear_projection
+
+    torch.manual_seed(0)
+    conv = UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=16,
+    ).eval()
+    linear = with_linear_projection(conv)
+    assert not conv.config.use_linear_projection and linear.config.use_linear_projection
+    x, c = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        expected, got = conv(x, 500, c).sample, linear(x, 500, c).sample
+    assert expected.abs().mean() > 0.01
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert with_linear_projection(linear) is linear

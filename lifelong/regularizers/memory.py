@@ -77,7 +77,9 @@ def _vae_features(base: BaseModel, images: Sequence[Image.Image]) -> torch.Tenso
 def sample_latents(base: BaseModel, prompt: str, seeds: list[int], steps: int) -> torch.Tensor:
     """Clean latents the live model generates for ``prompt`` (a prompt with slot tokens)."""
     cond, uncond = encode_text(base, [prompt]), encode_text(base, [""])
-    return denoise(base, initial_noise(base, seeds), cond, uncond, GenerateConfig(steps=steps))
+    with torch.inference_mode():
+        latents = denoise(base, initial_noise(base, seeds), cond, uncond, GenerateConfig(steps=steps))
+    return latents.clone()  # a normal tensor again: training uses it with autograd
 
 
 def after_learn(ctx: AfterLearnContext) -> dict[str, torch.Tensor]:

@@ -42,6 +42,21 @@ def build_image_processor() -> CLIPImageProcessor:
     )
 
 
+def with_linear_projection(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """The same UNet with its transformers' 1×1-conv proj_in/proj_out stored as linear layers (as in
+    SD 2.x): the same function, but a linear layer at 8×8 and 4×4 costs a fraction of a 1×1 convolution
+    on the CPU (UNet call 21 -> 19 ms)."""
+    if unet.config.use_linear_projection:
+        return unet
+    linear = UNet2DConditionModel.from_config(unet.config, use_linear_projection=True)
+    state = {
+        key: value.flatten(1) if key.endswith(("proj_in.weight", "proj_out.weight")) else value
+        for key, value in unet.state_dict().items()
+    }
+    linear.load_state_dict(state)
+    return linear.to(unet.dtype)
+
+
 def _replace(folder: Path, write) -> None:
     """Write a folder aside, then swap it in, so a crash never leaves half a model in assets/."""
     tmp = folder.with_name(folder.name + ".tmp")
@@ -58,7 +73,9 @@ def assemble(clip_path: Path, vae_path: Path, unet_path: Path, assets: Path) -> 
         vae=AutoencoderKL.from_pretrained(vae_path, torch_dtype=torch.float32),
         text_encoder=clip.text_model,
         tokenizer=tokenizer,
-        unet=UNet2DConditionModel.from_pretrained(unet_path, torch_dtype=torch.float32).half(),
+        unet=with_linear_projection(
+            UNet2DConditionModel.from_pretrained(unet_path, torch_dtype=torch.float32)
+        ).half(),
         scheduler=build_scheduler(),
         safety_checker=None,
         feature_extractor=None,

@@ -5,9 +5,11 @@ Keys written to --out (JSON):
 - vae_psnr_db: VAE reconstruction PSNR of fresh scenes;
 - gen_object_top1: for "a NAME on a COLOUR background", the eval CLIP's top-1 world name of the image is NAME;
 - gen_color_acc: the generated image's border pixels are nearest (median RGB) to the named COLOUR;
-- seconds_per_image_cpu: one 64×64 image, 25 DDIM steps, guidance 5, 2 torch threads.
+- seconds_per_image_cpu: one 64×64 image, 25 DDIM steps, guidance 5, 2 torch threads, after a warm-up
+  image; with --compile the UNet is torch.compile'd first, as the app does with LIFELONG_COMPILE=1.
 
-`python -m lifelong.world.evaluate --out runs/world/eval.json` (needs the font for the fresh scenes).
+`python -m lifelong.world.evaluate --out runs/world/eval.json [--compile]` (needs the font for the fresh
+scenes).
 """
 
 from __future__ import annotations
@@ -119,14 +121,15 @@ def generate_images(
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch):
         generator = torch.Generator().manual_seed(seed + start)
-        out = pipe(
-            prompts[start : start + batch],
-            height=64,
-            width=64,
-            num_inference_steps=STEPS,
-            guidance_scale=GUIDANCE,
-            generator=generator,
-        )
+        with torch.inference_mode():  # the pipeline's own no_grad still pays autograd's bookkeeping
+            out = pipe(
+                prompts[start : start + batch],
+                height=64,
+                width=64,
+                num_inference_steps=STEPS,
+                guidance_scale=GUIDANCE,
+                generator=generator,
+            )
         images.extend(out.images)
     return images
 
@@ -146,9 +149,13 @@ def load_pipeline(folder: Path = BASE_MODEL) -> StableDiffusionPipeline:
     return pipe
 
 
-def evaluate(base_model: Path = BASE_MODEL, eval_clip: Path = EVAL_CLIP, seed: int = 7) -> dict[str, float]:
+def evaluate(
+    base_model: Path = BASE_MODEL, eval_clip: Path = EVAL_CLIP, seed: int = 7, compile_unet: bool = False
+) -> dict[str, float]:
     torch.set_num_threads(2)
     pipe = load_pipeline(base_model)
+    if compile_unet:
+        pipe.unet = torch.compile(pipe.unet)
     clip = EvalClip(eval_clip)
     pairs = generation_prompts()
     prompts = [f"{with_article(HELD_IN[i].name)} on {with_article(c)} background" for i, c in pairs]
@@ -170,8 +177,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--base-model", type=Path, default=BASE_MODEL)
     parser.add_argument("--eval-clip", type=Path, default=EVAL_CLIP)
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the UNet (as LIFELONG_COMPILE=1)"
+    )
     args = parser.parse_args()
-    result = evaluate(args.base_model, args.eval_clip)
+    result = evaluate(args.base_model, args.eval_clip, compile_unet=args.compile)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
