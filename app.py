@@ -121,6 +121,10 @@ def create_app(studio: Studio | None = None) -> gr.Blocks:
                     export_button = gr.Button("Export session")
                     import_button = gr.UploadButton("Import session file", file_types=[".zip"])
                     reset_button = gr.Button("Reset (deletes this session's concepts)", variant="stop")
+                with gr.Row(visible=False) as reset_row:
+                    reset_question = gr.Markdown()
+                    confirm_reset = gr.Button("Yes, delete them", variant="stop", elem_id="confirm-reset")
+                    keep_button = gr.Button("Keep them")
                 export_file = gr.File(label="Your session file", interactive=False)
 
         handlers = ui.Handlers(
@@ -154,7 +158,9 @@ def create_app(studio: Studio | None = None) -> gr.Blocks:
         )
         export_button.click(handlers.export, None, export_file, api_name="export")
         import_button.upload(handlers.import_file, import_button, shown, api_name="import")
-        reset_button.click(handlers.reset, None, shown, api_name="reset")
+        reset_button.click(handlers.ask_reset, None, [reset_row, reset_question], api_name=False)
+        keep_button.click(ui.hidden, None, reset_row, api_name=False)
+        confirm_reset.click(handlers.reset, None, [*shown, reset_row], api_name="reset")
     return demo.queue(max_size=20, default_concurrency_limit=1)
 
 

@@ -378,10 +378,25 @@ class Handlers:
         gr.Info(f"Imported {len(session.concepts)} concept(s).")
         return refresh(self.studio, request.session_hash)
 
+    def ask_reset(self, request: gr.Request) -> tuple[dict[str, Any], str]:
+        """Reset deletes what a user would hate to lose: say what goes and ask first (shows the row)."""
+        tokens = self.studio.tokens(request.session_hash)
+        question = (
+            f"Delete all {len(tokens)} concept(s) of this session ({', '.join(tokens)})? "
+            "**Export** first to keep them."
+            if tokens
+            else "This session has no concepts yet: there is nothing to delete."
+        )
+        return gr.update(visible=True), question
+
     @user_errors
-    def reset(self, request: gr.Request) -> tuple[list[tuple[str, str]], gr.Dataset, str]:
+    def reset(self, request: gr.Request) -> tuple[list[tuple[str, str]], gr.Dataset, str, dict[str, Any]]:
         self.studio.reset(request.session_hash)
-        return refresh(self.studio, request.session_hash)
+        return (*refresh(self.studio, request.session_hash), gr.update(visible=False))
+
+
+def hidden() -> dict[str, Any]:
+    return gr.update(visible=False)
 
 
 def insert_token(sample: Any, prompt: str) -> str:

@@ -285,6 +285,18 @@ def test_browser_upload_learn_generate_screenshot(served, tmp_path):
         shot = Path(os.environ.get("LIFELONG_SCREENSHOT") or tmp_path / "app.png")
         driver.save_screenshot(str(shot))
         [workspace] = [f for f in studio.root.iterdir() if "<webby>" in studio.tokens(f.name)]
+        # Reset asks first, naming what it would delete; "Keep them" keeps them
+        driver.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Session')]").click()
+        wait.until(ec.element_to_be_clickable((By.XPATH, "//button[contains(., 'Reset')]"))).click()
+        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "body"), "Delete all 2 concept(s)"))
+        driver.find_element(By.XPATH, "//button[contains(., 'Keep them')]").click()
+        wait.until(ec.invisibility_of_element_located((By.ID, "confirm-reset")))
+        assert studio.tokens(workspace.name) == ["<webby>", f"<{example}>"]
+        driver.find_element(By.XPATH, "//button[contains(., 'Reset')]").click()
+        wait.until(ec.element_to_be_clickable((By.ID, "confirm-reset"))).click()
+        wait.until(lambda _: studio.tokens(workspace.name) == [])
+        driver.find_element(By.XPATH, "//button[@role='tab'][contains(., 'Learn')]").click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "No concepts yet"))
         driver.get("about:blank")  # leaving the page ends the Gradio session: its workspace is deleted
         deadline = time.time() + 30
         while workspace.exists() and time.time() < deadline:

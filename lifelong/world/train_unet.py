@@ -175,6 +175,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--steps", type=int, default=UnetTrainConfig.steps)
     parser.add_argument("--threads", type=int, default=UnetTrainConfig.threads)
+    parser.add_argument(
+        "--lr", type=float, default=UnetTrainConfig.lr, help="e.g. lower it for a final phase"
+    )
     parser.add_argument("--out", type=Path, default=UnetTrainConfig.out)
     parser.add_argument("--vae", type=Path, default=UnetTrainConfig.vae)
     parser.add_argument("--init", type=Path, help="start from these UNet weights (a diffusers folder)")

@@ -36,7 +36,8 @@ class VaeTrainConfig:
     save_every: int = 200
     until: int | None = None  # stop early at this step, keeping the lr schedule of `steps`
     decoder_only: bool = False
-    init: Path | None = None  # start full training from this VAE folder instead of from scratch
+    init: Path | None = None  # start from this VAE folder (decoder-only default: OUT/final)
+    widen: tuple[int, ...] | None = None  # first widen the init VAE to these block channels (widen_vae)
 
 
 def build_vae() -> AutoencoderKL:
@@ -72,6 +73,38 @@ def latent_std(vae: AutoencoderKL, images: np.ndarray, n: int = 2048) -> float:
     return float(torch.cat(means).std())
 
 
+def widen_vae(vae: AutoencoderKL, channels: tuple[int, ...], noise: float = 1e-3) -> AutoencoderKL:
+    """The same VAE, exactly, with each block's channels multiplied (Net2WiderNet: every unit copied).
+
+    Copies of a unit get equal incoming weights and share its outgoing weights; the shares differ by a small
+    noise that cancels in the sum, so the function is unchanged but the copies get different gradients and
+    can learn apart. Group norms see the same statistics (copies sit in the same group) and the mid-block
+    attention's queries are scaled down to undo the doubled dot products. Meant for decoder-only training:
+    the encoder, hence every latent the UNet was trained on, stays exactly as it was.
+    """
+    old = tuple(vae.config.block_out_channels)
+    if len(channels) != len(old) or any(c % o for c, o in zip(channels, old, strict=True)):
+        raise ValueError(f"each of {channels} must be a multiple of {old}")
+    wide = AutoencoderKL.from_config(vae.config, block_out_channels=tuple(channels))
+    shapes = {key: value.shape for key, value in wide.state_dict().items()}
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for key, value in vae.state_dict().items():
+        value = value.float()
+        if value.shape[0] != shapes[key][0]:
+            value = value.repeat_interleave(shapes[key][0] // value.shape[0], dim=0)
+        if value.ndim > 1 and value.shape[1] != shapes[key][1]:
+            factor = shapes[key][1] // value.shape[1]
+            shares = value.unsqueeze(2).expand(-1, -1, factor, *value.shape[2:]) / factor
+            jitter = torch.randn(shares.shape, generator=generator) * noise * value.abs().mean()
+            value = (shares + jitter - jitter.mean(2, keepdim=True)).flatten(1, 2)
+        if ".to_q." in key and value.shape != vae.state_dict()[key].shape:
+            value = value / (shapes[key][0] / vae.state_dict()[key].shape[0]) ** 0.5
+        state[key] = value
+    wide.load_state_dict(state)
+    return wide
+
+
 def _trainable(vae: AutoencoderKL, decoder_only: bool) -> list[torch.nn.Parameter]:
     if decoder_only:
         return [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
@@ -91,8 +124,10 @@ def train(cfg: VaeTrainConfig, resume: bool) -> None:
         vae = AutoencoderKL.from_pretrained(ckpt.folder / "vae")
         start = ckpt.state()["step"]
     else:
-        init = cfg.out / "final" if cfg.decoder_only else cfg.init
+        init = cfg.init or (cfg.out / "final" if cfg.decoder_only else None)
         vae = AutoencoderKL.from_pretrained(init) if init else build_vae()
+        if cfg.widen:
+            vae = widen_vae(vae, cfg.widen)
         start = 0
     params = _trainable(vae, cfg.decoder_only)
     vae.requires_grad_(False)
@@ -138,8 +173,13 @@ def main() -> None:
     parser.add_argument("--until", type=int, help="stop at this step; the lr schedule still spans --steps")
     parser.add_argument("--lr", type=float, default=VaeTrainConfig.lr)
     parser.add_argument("--out", type=Path, default=VaeTrainConfig.out)
-    parser.add_argument("--init", type=Path, help="continue full training from this VAE folder")
-    parser.add_argument("--decoder-only", action="store_true", help="fine-tune the decoder of OUT/final")
+    parser.add_argument("--init", type=Path, help="start from this VAE folder")
+    parser.add_argument("--decoder-only", action="store_true", help="fine-tune the decoder (of OUT/final)")
+    parser.add_argument(
+        "--widen",
+        type=lambda text: tuple(int(c) for c in text.split(",")),
+        help="e.g. 64,128,128: widen the init VAE first, keeping its function (see widen_vae)",
+    )
     args = parser.parse_args()
     cfg = VaeTrainConfig(**{k: v for k, v in vars(args).items() if k != "resume"})
     train(cfg, args.resume)
