@@ -152,3 +152,31 @@ def test_linear_projection_is_the_same_unet():
     assert expected.abs().mean() > 0.01
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     assert with_linear_projection(linear) is linear
+
+
+def test_widened_vae_is_the_same_function_with_room_to_learn():
+    from diffusers import AutoencoderKL
+
+    from lifelong.world.train_vae import widen_vae
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=16,
+        latent_channels=4,
+    ).eval()
+    wide = widen_vae(vae, (64, 128)).eval()
+    assert sum(p.numel() for p in wide.parameters()) > 3 * sum(p.numel() for p in vae.parameters())
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        latents = vae.encode(x).latent_dist.mean
+        torch.testing.assert_close(wide.encode(x).latent_dist.mean, latents, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            wide.decode(latents).sample, vae.decode(latents).sample, atol=1e-4, rtol=1e-4
+        )
+    shares = wide.decoder.conv_out.weight  # the two copies of each unit feed the output differently
+    assert not torch.equal(shares[:, 0::2], shares[:, 1::2])
+    with pytest.raises(ValueError, match="multiple"):
+        widen_vae(vae, (48, 64))
