@@ -14,7 +14,7 @@ from lifelong.concepts import Session
 from lifelong.errors import LifelongError
 from lifelong.generate import GenerateConfig, generate
 from lifelong.learner import LearnConfig, learn
-from lifelong.methods import describe
+from lifelong.methods import DEFAULT_METHOD, describe
 from lifelong.overrides import override, parse_pairs
 from lifelong.progress import Progress
 
@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     learn_p.add_argument("--session", required=True, type=Path)
     learn_p.add_argument("--name", required=True, help="concept name; prompts use it as <name>")
     learn_p.add_argument("--class-word", default="", help="what it is, e.g. dog")
-    learn_p.add_argument("--method", default=None, help="see `python -m lifelong methods` (default finetune)")
+    learn_p.add_argument(
+        "--method", default=None, help=f"see `python -m lifelong methods` (default {DEFAULT_METHOD})"
+    )
     learn_p.add_argument("--steps", type=int, default=None)
     learn_p.add_argument(
         "--set",

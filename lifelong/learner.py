@@ -26,7 +26,7 @@ from lifelong.concepts import Concept, Session
 from lifelong.encoding import encode_images, encode_text, tokenize
 from lifelong.errors import Cancelled, DuplicateConceptError, SessionFullError
 from lifelong.intake import ImageSource, load_images, square, validate_class_word, validate_name
-from lifelong.methods import AfterLearnContext, BuildContext, get_method
+from lifelong.methods import DEFAULT_METHOD, AfterLearnContext, BuildContext, get_method
 from lifelong.progress import CancelToken, Progress, ProgressFn
 
 
@@ -34,7 +34,7 @@ from lifelong.progress import CancelToken, Progress, ProgressFn
 class LearnConfig:
     """How to learn one concept. The UI's "Advanced" panel is generated from these fields."""
 
-    method: str = "finetune"
+    method: str = DEFAULT_METHOD  # the app's default too; "finetune" is the baseline that forgets
     steps: int = 200
     batch_size: int = 4
     gradient_accumulation: int = 1

@@ -44,8 +44,17 @@ def sharp_base():
 @pytest.fixture(scope="module")
 def two_concepts(sharp_base, tmp_path_factory):
     session = Session.create(tmp_path_factory.mktemp("attention") / "session", "tiny-sharp")
-    learn(session, sharp_base, pattern_images(), "rex", "dog", LearnConfig(steps=4, seed=1))
-    learn(session, sharp_base, pattern_images(seed=2), "mug", "mug", LearnConfig(steps=4, seed=2))
+    learn(
+        session, sharp_base, pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=4, seed=1)
+    )
+    learn(
+        session,
+        sharp_base,
+        pattern_images(seed=2),
+        "mug",
+        "mug",
+        LearnConfig(method="finetune", steps=4, seed=2),
+    )
     return session
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 from tiny import tiny_pipeline
 
 from lifelong.cli import main
+from lifelong.methods import DEFAULT_METHOD
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_learn_generate_info(model_dir, tmp_path, capsys):
         == 0
     )
     assert main(["info", "--session", str(session)]) == 0
-    assert "checkpoint 1: <rex> (dog) method=finetune images=3 steps=3" in capsys.readouterr().out
+    assert f"checkpoint 1: <rex> (dog) method={DEFAULT_METHOD} images=3 steps=3" in capsys.readouterr().out
     args = [
         "generate",
         "--session",

@@ -32,7 +32,9 @@ def learned(tiny_base, tmp_path_factory):
     """A session that learned <rex>, and the base model's images generated before any learning."""
     session = Session.create(tmp_path_factory.mktemp("core") / "session", "tiny")
     before = pixels(generate(tiny_base, session, "a red dog", FAST))
-    learn(session, tiny_base, pattern_images(), "rex", "dog", LearnConfig(steps=40, seed=1))
+    learn(
+        session, tiny_base, pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=40, seed=1)
+    )
     return session, before
 
 
@@ -86,7 +88,7 @@ def test_v_prediction_zero_snr_base_learns_and_samples_from_pure_noise(tmp_path)
     scheduler.set_timesteps(FAST.steps)
     assert int(scheduler.timesteps[0]) == 999 and float(scheduler.alphas_cumprod[999]) == 0.0
     session = Session.create(tmp_path / "session", "tiny-v")
-    learn(session, base, pattern_images(), "rex", "dog", LearnConfig(steps=40, seed=1))
+    learn(session, base, pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=40, seed=1))
     images = session.images(1)
     before = concept_loss(base, session, 0, images, "a dog")
     after = concept_loss(base, session, 1, images, "a <rex> dog")
@@ -124,7 +126,7 @@ def test_cancel_leaves_manifest_and_checkpoints_unchanged(tiny_base, learned):
             pattern_images(seed=2),
             "mug",
             "mug",
-            LearnConfig(steps=50),
+            LearnConfig(method="finetune", steps=50),
             on_progress,
             cancel,
         )
@@ -138,17 +140,36 @@ def test_cancel_leaves_manifest_and_checkpoints_unchanged(tiny_base, learned):
 def test_lora_parameters_learn_and_come_off_cleanly(tiny_base, tmp_path):
     session = Session.create(tmp_path / "lora", "tiny")
     learn(
-        session, tiny_base, pattern_images(), "toy", "toy", LearnConfig(steps=4, params="lora", lora_rank=2)
+        session,
+        tiny_base,
+        pattern_images(),
+        "toy",
+        "toy",
+        LearnConfig(method="finetune", steps=4, params="lora", lora_rank=2),
     )
     delta, _ = session.checkpoint(1)
     assert delta.kind == "lora" and all(t.shape[0] == 2 or t.shape[1] == 2 for t in delta.tensors.values())
     assert not any(isinstance(m, BaseTunerLayer) for m in tiny_base.pipe.unet.modules())
     assert any(delta.dense(m).abs().sum() > 0 for m in delta.modules())
     again = Session.create(tmp_path / "lora-again", "tiny")
-    learn(again, tiny_base, pattern_images(), "toy", "toy", LearnConfig(steps=4, params="lora", lora_rank=2))
+    learn(
+        again,
+        tiny_base,
+        pattern_images(),
+        "toy",
+        "toy",
+        LearnConfig(method="finetune", steps=4, params="lora", lora_rank=2),
+    )
     torch.manual_seed(12345)  # the global generator must not matter: the seed in LearnConfig decides
     third = Session.create(tmp_path / "lora-third", "tiny")
-    learn(third, tiny_base, pattern_images(), "toy", "toy", LearnConfig(steps=4, params="lora", lora_rank=2))
+    learn(
+        third,
+        tiny_base,
+        pattern_images(),
+        "toy",
+        "toy",
+        LearnConfig(method="finetune", steps=4, params="lora", lora_rank=2),
+    )
     for other in (again, third):
         tensors = other.checkpoint(1)[0].tensors
         assert all(torch.equal(tensors[key], value) for key, value in delta.tensors.items())

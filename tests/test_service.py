@@ -32,7 +32,7 @@ def studio(tiny_base, tmp_path):
 
 
 def test_learn_fills_the_timeline_and_cancel_changes_nothing(studio):
-    studio.learn("alice", pattern_images(), "rex", "dog", LearnConfig(steps=3))
+    studio.learn("alice", pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=3))
     [entry] = studio.timeline("alice")
     assert (entry.index, entry.token, entry.method) == (1, "<rex>", "finetune")
     assert entry.caption.startswith("1. <rex> · finetune · ") and entry.thumbnail.is_file()
@@ -43,7 +43,14 @@ def test_learn_fills_the_timeline_and_cancel_changes_nothing(studio):
             studio.cancel("alice")
 
     with pytest.raises(Cancelled, match="nothing was changed"):
-        studio.learn("alice", pattern_images(seed=1), "mug", "mug", LearnConfig(steps=20), cancel_at_two)
+        studio.learn(
+            "alice",
+            pattern_images(seed=1),
+            "mug",
+            "mug",
+            LearnConfig(method="finetune", steps=20),
+            cancel_at_two,
+        )
     assert (studio.session("alice").root / "manifest.json").read_bytes() == manifest
     assert studio.tokens("alice") == ["<rex>"] and studio.tokens("bob") == []
 
@@ -51,7 +58,9 @@ def test_learn_fills_the_timeline_and_cancel_changes_nothing(studio):
 def test_forgetting_compares_each_earlier_concept_and_fills_the_ia_matrix(tiny_base, tmp_path):
     studio = Studio(tiny_base, root=tmp_path, scorer=ClipScorer(tiny_clip()))
     for name, seed in (("rex", 0), ("mug", 1)):
-        studio.learn("u", pattern_images(seed=seed), name, "toy", LearnConfig(steps=3, seed=seed))
+        studio.learn(
+            "u", pattern_images(seed=seed), name, "toy", LearnConfig(method="finetune", steps=3, seed=seed)
+        )
     calls = []
     report = studio.forgetting("u", FAST, lambda done, total: calls.append((done, total)))
     assert calls[-1] == (3, 3)  # IA(1,1), IA(1,2), IA(2,2)
@@ -82,15 +91,15 @@ def test_forgetting_compares_each_earlier_concept_and_fills_the_ia_matrix(tiny_b
 
 
 def test_one_concept_has_nothing_to_forget_yet(studio):
-    studio.learn("u", pattern_images(), "rex", "dog", LearnConfig(steps=2))
+    studio.learn("u", pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=2))
     report = studio.forgetting("u", FAST)
     assert report.comparisons == [] and "at least two concepts" in report.note
 
 
 def test_import_replaces_the_session_and_refuses_one_from_another_model(studio, tmp_path):
-    studio.learn("a", pattern_images(), "rex", "dog", LearnConfig(steps=2))
+    studio.learn("a", pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=2))
     exported = studio.export("a")
-    studio.learn("b", pattern_images(seed=3), "mug", "mug", LearnConfig(steps=2))
+    studio.learn("b", pattern_images(seed=3), "mug", "mug", LearnConfig(method="finetune", steps=2))
     studio.import_file("b", exported)
     assert studio.tokens("b") == ["<rex>"]
 
@@ -125,7 +134,7 @@ def test_workspaces_are_keyed_safely_swept_when_old_and_reset(studio):
     os.utime(studio.folder("old"), (past, past))
     assert studio.sweep(max_age_s=3600) == ["old"]
     assert not studio.folder("old").exists() and studio.folder("fresh").exists()
-    studio.learn("fresh", pattern_images(), "rex", "dog", LearnConfig(steps=1))
+    studio.learn("fresh", pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=1))
     studio.reset("fresh")
     assert studio.tokens("fresh") == []
     with pytest.raises(SessionFormatError, match="Nothing to export"):
@@ -169,7 +178,7 @@ def test_a_job_run_by_another_process_is_seen_and_can_be_cancelled(tiny_base, tm
     """On ZeroGPU jobs run in a forked worker with its own Studio copy: the two meet only on disk."""
     app_side, worker_side = Studio(tiny_base, root=tmp_path), Studio(tiny_base, root=tmp_path)
     assert app_side.tokens("u") == []
-    worker_side.learn("u", pattern_images(), "rex", "dog", LearnConfig(steps=2))
+    worker_side.learn("u", pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=2))
     assert app_side.tokens("u") == ["<rex>"]
 
     def cancel_from_the_app(progress):
@@ -178,6 +187,11 @@ def test_a_job_run_by_another_process_is_seen_and_can_be_cancelled(tiny_base, tm
 
     with pytest.raises(Cancelled):
         worker_side.learn(
-            "u", pattern_images(seed=2), "mug", "mug", LearnConfig(steps=20), cancel_from_the_app
+            "u",
+            pattern_images(seed=2),
+            "mug",
+            "mug",
+            LearnConfig(method="finetune", steps=20),
+            cancel_from_the_app,
         )
     assert app_side.tokens("u") == worker_side.tokens("u") == ["<rex>"]
