@@ -10,6 +10,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -85,7 +86,8 @@ class BaseModel:
         if not self.config.compile:
             return self.pipe.unet
         if self.compiled_unet is None:
-            self.compiled_unet = torch.compile(self.pipe.unet)
+            # compiling a module returns an OptimizedModule, a Module; the stubs only promise a callable
+            self.compiled_unet = cast(torch.nn.Module, torch.compile(self.pipe.unet))
         return self.compiled_unet
 
     def sampling_scheduler(self) -> DDIMScheduler:
