@@ -89,8 +89,8 @@ def widen_vae(vae: AutoencoderKL, channels: tuple[int, ...], noise: float = 1e-3
     shapes = {key: value.shape for key, value in wide.state_dict().items()}
     generator = torch.Generator().manual_seed(0)
     state = {}
-    for key, value in vae.state_dict().items():
-        value = value.float()
+    for key, original in vae.state_dict().items():
+        value = original.float()
         if value.shape[0] != shapes[key][0]:
             value = value.repeat_interleave(shapes[key][0] // value.shape[0], dim=0)
         if value.ndim > 1 and value.shape[1] != shapes[key][1]:
@@ -98,8 +98,8 @@ def widen_vae(vae: AutoencoderKL, channels: tuple[int, ...], noise: float = 1e-3
             shares = value.unsqueeze(2).expand(-1, -1, factor, *value.shape[2:]) / factor
             jitter = torch.randn(shares.shape, generator=generator) * noise * value.abs().mean()
             value = (shares + jitter - jitter.mean(2, keepdim=True)).flatten(1, 2)
-        if ".to_q." in key and value.shape != vae.state_dict()[key].shape:
-            value = value / (shapes[key][0] / vae.state_dict()[key].shape[0]) ** 0.5
+        if ".to_q." in key and value.shape != original.shape:
+            value = value / (shapes[key][0] / original.shape[0]) ** 0.5
         state[key] = value
     wide.load_state_dict(state)
     return wide
