@@ -154,29 +154,63 @@ def test_linear_projection_is_the_same_unet():
     assert with_linear_projection(linear) is linear
 
 
-def test_widened_vae_is_the_same_function_with_room_to_learn():
+def _tiny_vae():
     from diffusers import AutoencoderKL
 
-    from lifelong.world.train_vae import widen_vae
-
     torch.manual_seed(0)
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         block_out_channels=(32, 64),
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
         norm_num_groups=16,
         latent_channels=4,
     ).eval()
-    wide = widen_vae(vae, (64, 128)).eval()
-    assert sum(p.numel() for p in wide.parameters()) > 3 * sum(p.numel() for p in vae.parameters())
+
+
+def _assert_same_vae_function(vae, other) -> None:
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         latents = vae.encode(x).latent_dist.mean
-        torch.testing.assert_close(wide.encode(x).latent_dist.mean, latents, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(other.encode(x).latent_dist.mean, latents, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(
-            wide.decode(latents).sample, vae.decode(latents).sample, atol=1e-4, rtol=1e-4
+            other.decode(latents).sample, vae.decode(latents).sample, atol=1e-4, rtol=1e-4
         )
+
+
+def test_widened_vae_is_the_same_function_with_room_to_learn():
+    from lifelong.world.train_vae import widen_vae
+
+    vae = _tiny_vae()
+    wide = widen_vae(vae, (64, 128)).eval()
+    assert sum(p.numel() for p in wide.parameters()) > 3 * sum(p.numel() for p in vae.parameters())
+    _assert_same_vae_function(vae, wide)
     shares = wide.decoder.conv_out.weight  # the two copies of each unit feed the output differently
     assert not torch.equal(shares[:, 0::2], shares[:, 1::2])
     with pytest.raises(ValueError, match="multiple"):
         widen_vae(vae, (48, 64))
+
+
+def test_deepened_vae_is_the_same_function_with_layers_that_learn():
+    from lifelong.world.train_vae import deepen_vae
+
+    vae = _tiny_vae()
+    deep = deepen_vae(vae, 2).eval()
+    assert len(deep.decoder.up_blocks[0].resnets) == len(vae.decoder.up_blocks[0].resnets) + 1
+    _assert_same_vae_function(vae, deep)
+    latents = torch.randn(1, 4, 8, 8)
+    deep.decode(latents).sample.square().mean().backward()
+    added = deep.decoder.up_blocks[0].resnets[-1]
+    assert added.conv2.weight.grad.abs().sum() > 0  # the zero conv is where learning starts
+    with pytest.raises(ValueError, match="fewer"):
+        deepen_vae(deep, 1)
+
+
+@needs_font
+def test_render_cache_is_the_same_with_workers(tmp_path) -> None:
+    from lifelong.world.data import render_cache
+
+    render_cache(tmp_path / "one", 24, seed=5)
+    render_cache(tmp_path / "three", 24, seed=5, workers=3)
+    for name in ("images.npy", "captions.json"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "three" / name).read_bytes()
+    assert np.array_equal(np.load(tmp_path / "one" / "images.npy")[7], np.asarray(generate(5, 7)[0]))

@@ -18,7 +18,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPImageProcessor, CLIPModel
 
-from .common import world_tokenizer
+from .tokenizer import world_tokenizer
 from .train_unet import build_noise_scheduler
 
 

@@ -16,32 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import world_words
-from .tokenizer import build_tokenizer
-
 
 def load_cache(path: Path) -> tuple[np.ndarray, list[str]]:
     """Images (uint8, N×64×64×3, memory-mapped) and captions written by `data.render_cache`."""
     images = np.load(path / "images.npy", mmap_mode="r")
     captions = json.loads((path / "captions.json").read_text())
     return images, captions
-
-
-def world_tokenizer():
-    """The world's tokenizer, rebuilt from the vocabulary (the same every time)."""
-    return build_tokenizer(world_words())
-
-
-def tokenize(captions: list[str]) -> torch.Tensor:
-    """Token ids padded to the tokenizer's model_max_length, as the diffusion pipeline pads prompts."""
-    tokenizer = world_tokenizer()
-    return tokenizer(
-        captions,
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
 
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import unicodedata
 from dataclasses import dataclass
 from functools import cache
@@ -228,17 +229,25 @@ def generate(
     return render(scene, rng, size), scene
 
 
-def render_cache(out: Path, n: int, seed: int) -> None:
-    """Write `n` scenes as images.npy (uint8, N×64×64×3) and captions.json next to each other."""
+def _render_range(seed: int, start: int, stop: int) -> tuple[np.ndarray, list[str]]:
+    scenes = [generate(seed, i) for i in range(start, stop)]
+    return np.stack([np.asarray(image) for image, _ in scenes]), [scene.caption for _, scene in scenes]
+
+
+def render_cache(out: Path, n: int, seed: int, workers: int = 1) -> None:
+    """Write `n` scenes as images.npy (uint8, N×64×64×3) and captions.json next to each other.
+
+    Scenes are drawn per index, so the cache is the same for any number of `workers`."""
     out.mkdir(parents=True, exist_ok=True)
-    images = np.empty((n, 64, 64, 3), dtype=np.uint8)
-    captions = []
-    for i in range(n):
-        image, scene = generate(seed, i)
-        images[i] = np.asarray(image)
-        captions.append(scene.caption)
-    np.save(out / "images.npy", images)
-    (out / "captions.json").write_text(json.dumps(captions))
+    chunk = max(1, min(2000, -(-n // (4 * workers))))
+    ranges = [(seed, start, min(n, start + chunk)) for start in range(0, n, chunk)]
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.starmap(_render_range, ranges)
+    else:
+        parts = [_render_range(*r) for r in ranges]
+    np.save(out / "images.npy", np.concatenate([images for images, _ in parts]))
+    (out / "captions.json").write_text(json.dumps([c for _, captions in parts for c in captions]))
 
 
 def main() -> None:
@@ -246,8 +255,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/world/data"))
     parser.add_argument("--n", type=int, default=30000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="render in this many processes")
     args = parser.parse_args()
-    render_cache(args.out, args.n, args.seed)
+    render_cache(args.out, args.n, args.seed, args.workers)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,12 @@ lower-casing, `add_tokens` for concept slots, and an unk token for words the wor
 
 from __future__ import annotations
 
+import torch
 from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
+
+from .data import world_words
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
@@ -40,3 +43,20 @@ def build_tokenizer(words: list[str], model_max_length: int = MODEL_MAX_LENGTH) 
         pad_token=EOS,
         model_max_length=model_max_length,
     )
+
+
+def world_tokenizer() -> PreTrainedTokenizerFast:
+    """The world's tokenizer, rebuilt from the vocabulary (the same every time)."""
+    return build_tokenizer(world_words())
+
+
+def tokenize(captions: list[str]) -> torch.Tensor:
+    """Token ids padded to the tokenizer's model_max_length, as the diffusion pipeline pads prompts."""
+    tokenizer = world_tokenizer()
+    return tokenizer(
+        captions,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from .common import Checkpointer, Log, cosine_lr, load_cache, to_pixels, tokenize, world_tokenizer
+from .common import Checkpointer, Log, cosine_lr, load_cache, to_pixels
 from .data import HELD_IN, generate, with_article
-from .tokenizer import MODEL_MAX_LENGTH
+from .tokenizer import MODEL_MAX_LENGTH, tokenize, world_tokenizer
 
 
 @dataclass

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPModel, CLIPTextModel
 
-from .common import Checkpointer, Log, load_cache, to_pixels, tokenize
+from .common import Checkpointer, Log, load_cache, to_pixels
+from .tokenizer import tokenize
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,11 @@ class VaeTrainConfig:
     decoder_only: bool = False
     init: Path | None = None  # start from this VAE folder (decoder-only default: OUT/final)
     widen: tuple[int, ...] | None = None  # first widen the init VAE to these block channels (widen_vae)
+    deepen: int | None = None  # first give the init VAE this many layers per block (deepen_vae)
+    latent_noise: float = 1.0  # scale of the posterior noise on decoded latents (0: decode the mean)
+    l1_weight: float = 1.0
+    device: str = "cpu"
+    budget_s: float | None = None  # stop after this much training time; the lr schedule ends with it
 
 
 def build_vae() -> AutoencoderKL:
@@ -59,7 +65,7 @@ def psnr_db(vae: AutoencoderKL, n: int = 128, seed: int = 2) -> float:
     """Reconstruction PSNR (dB, pixels in [0, 1]) on `n` fresh scenes of `seed`, decoding the latent mean."""
     vae.eval()
     images = np.stack([np.asarray(generate(seed, i)[0]) for i in range(n)])
-    pixels = to_pixels(images)
+    pixels = to_pixels(images).to(vae.device)
     recon = vae.decode(vae.encode(pixels).latent_dist.mean).sample.clamp(-1, 1)
     mse = ((recon - pixels) / 2).pow(2).mean().item()
     return float(10 * np.log10(1.0 / mse))
@@ -69,7 +75,9 @@ def psnr_db(vae: AutoencoderKL, n: int = 128, seed: int = 2) -> float:
 def latent_std(vae: AutoencoderKL, images: np.ndarray, n: int = 2048) -> float:
     """Std of unscaled latent means over the first `n` cached images."""
     vae.eval()
-    means = [vae.encode(to_pixels(images[i : i + 128])).latent_dist.mean for i in range(0, n, 128)]
+    means = [
+        vae.encode(to_pixels(images[i : i + 128]).to(vae.device)).latent_dist.mean for i in range(0, n, 128)
+    ]
     return float(torch.cat(means).std())
 
 
@@ -105,6 +113,31 @@ def widen_vae(vae: AutoencoderKL, channels: tuple[int, ...], noise: float = 1e-3
     return wide
 
 
+def deepen_vae(vae: AutoencoderKL, layers_per_block: int) -> AutoencoderKL:
+    """The same VAE, exactly, with more resnets per block: each added resnet's last conv starts at zero,
+    so it passes its input through unchanged until training moves it. Like `widen_vae`, meant for
+    decoder-only training (the encoder's added resnets stay identities)."""
+    if layers_per_block < vae.config.layers_per_block:
+        raise ValueError(
+            f"{layers_per_block} layers per block is fewer than the VAE's {vae.config.layers_per_block}"
+        )
+    deep = AutoencoderKL.from_config(vae.config, layers_per_block=layers_per_block)
+    state = deep.state_dict()
+    old = vae.state_dict()
+    for key, value in state.items():
+        if key in old:
+            state[key] = old[key]
+        elif ".conv2." in key:
+            state[key] = torch.zeros_like(value)
+    deep.load_state_dict(state)
+    return deep
+
+
+def _batches(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The whole cache as one uint8 tensor on `device`, so batches are gathered where they are used."""
+    return torch.from_numpy(np.array(images)).to(device)
+
+
 def _trainable(vae: AutoencoderKL, decoder_only: bool) -> list[torch.nn.Parameter]:
     if decoder_only:
         return [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
@@ -116,6 +149,8 @@ def train(cfg: VaeTrainConfig, resume: bool) -> None:
     keeps its encoder (so latents already cached for the UNet stay valid) and writes `final-decoder`."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # GPUs only
     suffix = "-decoder" if cfg.decoder_only else ""
     log = Log(cfg.out / f"train{suffix}.log")
     images, _ = load_cache(cfg.data)
@@ -128,7 +163,11 @@ def train(cfg: VaeTrainConfig, resume: bool) -> None:
         vae = AutoencoderKL.from_pretrained(init) if init else build_vae()
         if cfg.widen:
             vae = widen_vae(vae, cfg.widen)
+        if cfg.deepen:
+            vae = deepen_vae(vae, cfg.deepen)
         start = 0
+    vae.to(device)
+    pool = _batches(images, device)
     params = _trainable(vae, cfg.decoder_only)
     vae.requires_grad_(False)
     for p in params:
@@ -138,15 +177,28 @@ def train(cfg: VaeTrainConfig, resume: bool) -> None:
         ckpt.load_optimizer(optimizer)
     log(f"vae {sum(p.numel() for p in params) / 1e6:.2f}M trainable params, start at step {start}")
     rng = np.random.default_rng([cfg.seed, start])
+    began = time.monotonic()
     for step in range(start, min(cfg.steps, cfg.until or cfg.steps)):
+        elapsed = time.monotonic() - began
+        if cfg.budget_s and elapsed > cfg.budget_s:
+            log(f"time budget spent at step {step}")
+            break
         vae.train()
-        pixels = to_pixels(images[np.sort(rng.choice(len(images), size=cfg.batch, replace=False))])
+        batch = torch.from_numpy(np.sort(rng.choice(len(images), size=cfg.batch, replace=False))).to(device)
+        pixels = pool[batch].permute(0, 3, 1, 2).float() / 127.5 - 1.0  # as to_pixels
+        # with a time budget the schedule runs on whichever of steps or time is further along
+        progress = max(step, round(cfg.steps * elapsed / cfg.budget_s)) if cfg.budget_s else step
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
+            group["lr"] = cosine_lr(progress, cfg.steps, cfg.lr)
         with torch.set_grad_enabled(not cfg.decoder_only):
             posterior = vae.encode(pixels).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        loss = F.l1_loss(recon, pixels) + F.mse_loss(recon, pixels) + cfg.kl_weight * posterior.kl().mean()
+        latents = posterior.mean + cfg.latent_noise * posterior.std * torch.randn_like(posterior.mean)
+        recon = vae.decode(latents).sample
+        loss = (
+            cfg.l1_weight * F.l1_loss(recon, pixels)
+            + F.mse_loss(recon, pixels)
+            + cfg.kl_weight * posterior.kl().mean()
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -160,7 +212,7 @@ def train(cfg: VaeTrainConfig, resume: bool) -> None:
         vae.register_to_config(scaling_factor=1.0 / std)
         log(f"latent std {std:.4f}, scaling_factor {1 / std:.4f}")
     final = cfg.out / f"final{suffix}"
-    vae.save_pretrained(final)
+    vae.to("cpu").save_pretrained(final)
     (final / "quality.json").write_text(json.dumps({"psnr_db": psnr_db(vae)}))
     log(f"saved to {final}")
 
@@ -172,8 +224,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=VaeTrainConfig.threads)
     parser.add_argument("--until", type=int, help="stop at this step; the lr schedule still spans --steps")
     parser.add_argument("--lr", type=float, default=VaeTrainConfig.lr)
+    parser.add_argument("--batch", type=int, default=VaeTrainConfig.batch)
+    parser.add_argument("--data", type=Path, default=VaeTrainConfig.data)
+    parser.add_argument("--save-every", type=int, default=VaeTrainConfig.save_every)
+    parser.add_argument("--device", default=VaeTrainConfig.device, help="e.g. cuda")
+    parser.add_argument("--budget-s", type=float, help="stop after this many seconds of training")
+    parser.add_argument("--deepen", type=int, help="layers per block: deepen the init VAE first (deepen_vae)")
     parser.add_argument("--out", type=Path, default=VaeTrainConfig.out)
     parser.add_argument("--init", type=Path, help="start from this VAE folder")
+    parser.add_argument("--latent-noise", type=float, default=VaeTrainConfig.latent_noise)
+    parser.add_argument("--l1-weight", type=float, default=VaeTrainConfig.l1_weight)
     parser.add_argument("--decoder-only", action="store_true", help="fine-tune the decoder (of OUT/final)")
     parser.add_argument(
         "--widen",
