@@ -28,6 +28,7 @@ def create_app(studio: Studio | None = None) -> gr.Blocks:
     if studio is None:
         scorer, why = default_scorer()
         studio = Studio(get_base(), scorer=scorer, scorer_note=why)
+        studio.warm_up()
     with gr.Blocks(title="Lifelong Studio") as demo:
         gr.Markdown(DESCRIPTION)
         with gr.Tabs():

@@ -263,9 +263,11 @@ def trainable(
         return torch.where(mask, embedding.to(output.dtype), output)
 
     hook = encoder_embeddings.register_forward_hook(inject_token)
+    base.trainable_attached = True
     try:
         yield trainset
     finally:
+        base.trainable_attached = False
         hook.remove()
         if kind == "kv":
             for name in modules:

@@ -28,6 +28,17 @@ def default_model() -> str:
     return os.environ.get(BASE_MODEL_ENV) or str(BUNDLED_MODEL)
 
 
+def compile_requested() -> bool:
+    """Whether $LIFELONG_COMPILE asks for compile: for one-shot commands, where compiling rarely pays."""
+    return os.environ.get(COMPILE_ENV) == "1"
+
+
+def compile_default(device: torch.device) -> bool:
+    """Whether sampling compiles the UNet when the config leaves it open: $LIFELONG_COMPILE, else on CPUs."""
+    setting = os.environ.get(COMPILE_ENV)
+    return setting == "1" if setting in ("0", "1") else device.type == "cpu"
+
+
 def slot_token(slot: int) -> str:
     """The tokenizer token that carries concept slot ``slot``; users never type it."""
     return f"<|slot{slot}|>"
@@ -39,8 +50,9 @@ class BaseConfig:
     device: str = ""  # "" picks the accelerator accelerate finds, else the CPU
     dtype: str = "auto"  # "auto": float16 on CUDA, float32 elsewhere; or float32/float16/bfloat16
     concept_slots: int = 32  # how many concepts one session can hold
-    # torch.compile the UNet for sampling: a one-off compile (~30 s on a 2-core CPU, seconds once cached),
-    # then faster steps; None means $LIFELONG_COMPILE == "1"
+    # torch.compile the UNet for plain sampling: a one-off compile (~50 s per batch shape on a 2-core CPU,
+    # seconds once cached; generate.warm_up does it ahead), then ~25 % faster images.
+    # None: $LIFELONG_COMPILE ("1" or "0") when set, else on for CPUs, where it was measured to pay
     compile: bool | None = None
 
 
@@ -60,6 +72,9 @@ class BaseModel:
     accelerator: Accelerator  # mixed precision for training: bf16 autocast on GPUs that have it
     pristine: dict[str, torch.Tensor] = field(default_factory=dict)  # target weights as loaded (adapters.py)
     compiled_unet: torch.nn.Module | None = None  # made on first use by sampling_unet()
+    # set by adapters.trainable while a trainable set is attached: sampling then (after-learn memory
+    # samples) runs the UNet eagerly, as the compiled graph is for the bare UNet and would recompile
+    trainable_attached: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -83,7 +98,7 @@ class BaseModel:
         The compiled module shares the UNet's parameters, so concept weights written in place reach it.
         Sampling with swapped attention processors calls ``pipe.unet`` instead (a swap would recompile).
         """
-        if not self.config.compile:
+        if not self.config.compile or self.trainable_attached:
             return self.pipe.unet
         if self.compiled_unet is None:
             # compiling a module returns an OptimizedModule, a Module; the stubs only promise a callable
@@ -112,7 +127,7 @@ def load_base(config: BaseConfig | None = None) -> BaseModel:
     pipe = StableDiffusionPipeline.from_pretrained(
         model, dtype=dtype, safety_checker=None, requires_safety_checker=False
     )
-    compile_unet = config.compile if config.compile is not None else os.environ.get(COMPILE_ENV) == "1"
+    compile_unet = config.compile if config.compile is not None else compile_default(device)
     resolved = BaseConfig(model, str(device), config.dtype, config.concept_slots, compile_unet)
     return prepare_base(pipe, resolved, device)
 

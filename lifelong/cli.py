@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lifelong.attention import generate_with_maps
-from lifelong.base import BaseConfig, BaseModel, default_model, get_base
+from lifelong.base import BaseConfig, BaseModel, compile_requested, default_model, get_base
 from lifelong.concepts import Session
 from lifelong.errors import LifelongError
 from lifelong.generate import GenerateConfig, generate
@@ -22,7 +22,8 @@ from lifelong.progress import Progress
 def _base(args: argparse.Namespace, session: Session | None = None) -> BaseModel:
     """--model, else the model the session was learned on ("" = the default model)."""
     model = args.model or (session.base_model if session else "")
-    return get_base(BaseConfig(model=model, device=args.device))
+    # one command makes few images: a compile would cost more than it saves unless asked for
+    return get_base(BaseConfig(model=model, device=args.device, compile=compile_requested()))
 
 
 def _learn(args: argparse.Namespace) -> None:

@@ -108,6 +108,21 @@ def denoise(
     return latents
 
 
+def warm_up(base: BaseModel, image_counts: tuple[int, ...] = (1, 2)) -> None:
+    """Compile the sampling UNet now rather than on a user's first request (a no-op without compile).
+
+    Two batch sizes, because the second one makes torch.compile build a kernel for any batch size:
+    afterwards no number of images recompiles. Holds the base's lock, as sampling does.
+    """
+    if not base.config.compile:
+        return
+    with base.lock, torch.inference_mode():
+        text = encode_text(base, [""])
+        for count in image_counts:
+            config = GenerateConfig(steps=1, num_images=count)
+            denoise(base, initial_noise(base, list(range(count))), text, text, config)
+
+
 def noised_context(
     scheduler: DDIMScheduler, context: torch.Tensor, noise: torch.Tensor, strength: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

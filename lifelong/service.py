@@ -27,7 +27,7 @@ from lifelong.attention import generate_with_maps
 from lifelong.base import BUNDLED_EVAL_CLIP, BaseModel
 from lifelong.concepts import MANIFEST, Concept, Session
 from lifelong.errors import ImageCountError, LifelongError, SessionFormatError
-from lifelong.generate import GenerateConfig, generate
+from lifelong.generate import GenerateConfig, generate, warm_up
 from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource
 from lifelong.learner import LearnConfig, learn
 from lifelong.metrics import EvalClip, image_alignment, image_features
@@ -189,6 +189,12 @@ class Studio:
         self._locks: dict[str, threading.RLock] = {}
         self._sessions: dict[str, tuple[Session, tuple[int, int]]] = {}
         self._guard = threading.Lock()
+
+    def warm_up(self) -> threading.Thread:
+        """Compile sampling in the background now (generate.warm_up), so no user waits for it later."""
+        thread = threading.Thread(target=warm_up, args=(self.base,), name="warm-up", daemon=True)
+        thread.start()
+        return thread
 
     # --- workspaces ---------------------------------------------------------------------------------
 

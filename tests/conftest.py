@@ -11,6 +11,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("GRADIO_TEMP_DIR", "/tmp/lifelong-tests-gradio")
+os.environ.setdefault("LIFELONG_COMPILE", "0")  # tests sample eagerly unless one asks for compile
 torch.set_num_threads(int(os.environ.get("LIFELONG_TORCH_THREADS", "2")))  # 1 while sharing the CPU
 
 from tiny import tiny_pipeline  # noqa: E402

@@ -13,11 +13,11 @@ from conftest import pattern_images
 from peft.tuners.tuners_utils import BaseTunerLayer
 from tiny import tiny_pipeline
 
-from lifelong.adapters import target_module_names
-from lifelong.base import BaseConfig, prepare_base
+from lifelong.adapters import target_module_names, trainable
+from lifelong.base import BaseConfig, compile_default, prepare_base
 from lifelong.concepts import Session
 from lifelong.errors import Cancelled, CheckpointError, InvalidPromptError, SessionFormatError
-from lifelong.generate import GenerateConfig, generate
+from lifelong.generate import GenerateConfig, generate, warm_up
 from lifelong.learner import LearnConfig, concept_loss, learn
 
 FAST = GenerateConfig(steps=3, seed=7, num_images=2)
@@ -221,6 +221,36 @@ def test_import_refuses_a_non_zip_and_a_foreign_checkpoint(tmp_path, learned):
             dst.writestr(item, b"\x00" * 16 if item.filename.endswith(".safetensors") else data)
     with pytest.raises(SessionFormatError):
         Session.import_file(tmp_path / "bad.zip", tmp_path / "b")
+
+
+def test_compile_is_on_for_cpus_unless_the_environment_says(monkeypatch):
+    monkeypatch.delenv("LIFELONG_COMPILE", raising=False)
+    assert compile_default(torch.device("cpu")) and not compile_default(torch.device("cuda"))
+    monkeypatch.setenv("LIFELONG_COMPILE", "0")
+    assert not compile_default(torch.device("cpu"))
+    monkeypatch.setenv("LIFELONG_COMPILE", "1")
+    assert compile_default(torch.device("cuda"))
+
+
+def test_sampling_runs_eagerly_while_a_trainable_set_is_attached():
+    """After-learn memory samples run with the trainable set attached: the compiled graph is for the bare UNet."""
+    base = prepare_base(tiny_pipeline(), BaseConfig(model="tiny", compile=True))
+    width = base.pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    for kind in ("kv", "lora"):
+        with trainable(base, kind, base.slot_token_ids[0], torch.zeros(width)):
+            assert base.sampling_unet() is base.pipe.unet
+        assert base.sampling_unet() is base.compiled_unet is not None
+
+
+def test_warm_up_compiles_for_any_number_of_images(tmp_path):
+    base = prepare_base(tiny_pipeline(), BaseConfig(model="tiny", compile=True))
+    warm_up(base)
+    assert base.compiled_unet is not None
+    session = Session.create(tmp_path / "s", "tiny")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for count in (1, 3):
+            images = generate(base, session, "a dog", GenerateConfig(steps=2, num_images=count))
+            assert len(images) == count
 
 
 @pytest.mark.slow

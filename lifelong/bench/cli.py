@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lifelong.base import BaseConfig, get_base
+from lifelong.base import BaseConfig, compile_requested, get_base
 from lifelong.bench import multi
 from lifelong.bench.report import write_report
 from lifelong.bench.sequence import (
@@ -105,7 +105,7 @@ def _run_lifelong(args: argparse.Namespace) -> int:
     config, count = sequence_settings(args)
     config.check()  # a typo should fail now, not after loading models
     concepts = load_concepts(args.concept_dir, count)
-    base = get_base(BaseConfig(model=args.model, device=args.device))
+    base = get_base(BaseConfig(model=args.model, device=args.device, compile=compile_requested()))
     clip = EvalClip.load(args.eval_clip, base.device)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from lifelong.attention import AttentionRecord
-from lifelong.base import BaseConfig, BaseModel, get_base
+from lifelong.base import BaseConfig, BaseModel, compile_requested, get_base
 from lifelong.bench.sequence import BUNDLED_CONCEPTS, BenchConcept, load_concepts
 from lifelong.concepts import Session
 from lifelong.files import atomic_write, write_json
@@ -250,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         guided=tuple(parse_pairs(args.guided).items()),
     )
     everyone = load_concepts(args.concept_dir or BUNDLED_CONCEPTS)
-    base = get_base(BaseConfig(model=args.model, device=args.device))
+    base = get_base(BaseConfig(model=args.model, device=args.device, compile=compile_requested()))
     clip = EvalClip.load(args.eval_clip, base.device)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

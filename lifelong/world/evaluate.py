@@ -6,9 +6,10 @@ Keys written to --out (JSON):
 - gen_object_top1: for "a NAME on a COLOUR background", the eval CLIP's top-1 world name of the image is NAME;
 - gen_color_acc: the generated image's border pixels are nearest (median RGB) to the named COLOUR;
 - seconds_per_image_cpu: one 64×64 image, 25 DDIM steps, guidance 5, 2 torch threads, after a warm-up
-  image; with --compile the UNet is torch.compile'd first, as the app does with LIFELONG_COMPILE=1.
+  image; the UNet is torch.compile'd as the app samples on a CPU (lifelong.base.compile_default), unless
+  --eager or LIFELONG_COMPILE=0.
 
-`python -m lifelong.world.evaluate --out runs/world/eval.json [--compile]` (needs the font for the fresh
+`python -m lifelong.world.evaluate --out runs/world/eval.json [--eager]` (needs the font for the fresh
 scenes).
 """
 
@@ -25,6 +26,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
+from ..base import compile_default
 from .data import COLORS, HELD_IN, generate, with_article
 
 BASE_MODEL = Path("assets/base-model")
@@ -150,11 +152,14 @@ def load_pipeline(folder: Path = BASE_MODEL) -> StableDiffusionPipeline:
 
 
 def evaluate(
-    base_model: Path = BASE_MODEL, eval_clip: Path = EVAL_CLIP, seed: int = 7, compile_unet: bool = False
+    base_model: Path = BASE_MODEL,
+    eval_clip: Path = EVAL_CLIP,
+    seed: int = 7,
+    compile_unet: bool | None = None,
 ) -> dict[str, float]:
     torch.set_num_threads(2)
     pipe = load_pipeline(base_model)
-    if compile_unet:
+    if compile_default(torch.device("cpu")) if compile_unet is None else compile_unet:
         pipe.unet = torch.compile(pipe.unet)
     clip = EvalClip(eval_clip)
     pairs = generation_prompts()
@@ -177,11 +182,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--base-model", type=Path, default=BASE_MODEL)
     parser.add_argument("--eval-clip", type=Path, default=EVAL_CLIP)
-    parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the UNet (as LIFELONG_COMPILE=1)"
-    )
+    parser.add_argument("--eager", action="store_true", help="time the uncompiled UNet")
     args = parser.parse_args()
-    result = evaluate(args.base_model, args.eval_clip, compile_unet=args.compile)
+    result = evaluate(args.base_model, args.eval_clip, compile_unet=False if args.eager else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
