@@ -33,9 +33,10 @@ class GenerateConfig:
     negative_prompt: str = ""
     num_images: int = 1
     seed: int = 0  # image i uses seed + i
-    # multi-concept attention (lifelong.attention): only for prompts naming two or more concepts
-    caa: bool = True  # each concept gets a strong attention peak; each location goes to one concept
-    oaa: bool = True  # concepts' (and other concepts' attributes') attention maps kept apart
+    # multi-concept attention (lifelong.attention): only for prompts naming two or more concepts. Off by
+    # default: on the bundled model it lowered concept IA at +60 % time per image (docs/BENCHMARKS.md)
+    caa: bool = False  # each concept gets a strong attention peak; each location goes to one concept
+    oaa: bool = False  # concepts' (and other concepts' attributes') attention maps kept apart
     attention_steps: int = 10  # guided steps at the start of sampling
     attention_step_size: float = 20.0
     caa_threshold: float = 0.8  # peak attention (share of the words at a location) each concept should reach

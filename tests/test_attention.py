@@ -102,7 +102,9 @@ def test_both_off_is_plain_generation_bit_for_bit_and_swaps_nothing(sharp_base, 
         plain = decode(sharp_base, denoise(sharp_base, initial_noise(sharp_base, [3, 4]), cond, uncond, OFF))
     assert np.array_equal(pixels(images), pixels(plain))
     assert seen == [False] * OFF.steps
-    generate(sharp_base, two_concepts, PROMPT, GenerateConfig(steps=2), progress=processors)
+    generate(
+        sharp_base, two_concepts, PROMPT, GenerateConfig(steps=2, caa=True, oaa=True), progress=processors
+    )
     assert seen[-2:] == [True, True]  # guidance swaps processors in for the run ...
     assert not any(isinstance(p, CaptureProcessor) for p in sharp_base.pipe.unet.attn_processors.values())
 
