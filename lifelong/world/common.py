@@ -24,9 +24,11 @@ def load_cache(path: Path) -> tuple[np.ndarray, list[str]]:
     return images, captions
 
 
-def to_pixels(images: np.ndarray) -> torch.Tensor:
-    """uint8 N×H×W×3 → float N×3×H×W in [-1, 1] (the VAE's range and the eval CLIP's normalisation)."""
-    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+def to_pixels(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 N×H×W×3 → float N×3×H×W in [-1, 1] (the VAE's range and the eval CLIP's normalisation),
+    on the device a tensor is already on."""
+    tensor = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))
+    return tensor.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def cosine_lr(step: int, total: int, base: float, warmup: int = 100, floor: float = 0.1) -> float:

@@ -159,7 +159,9 @@ def evaluate(
 ) -> dict[str, float]:
     torch.set_num_threads(2)
     pipe = load_pipeline(base_model)
-    if compile_default(torch.device("cpu")) if compile_unet is None else compile_unet:
+    if compile_unet is None:
+        compile_unet = compile_default(torch.device("cpu"))
+    if compile_unet:
         pipe.unet = torch.compile(pipe.unet)
     clip = EvalClip(eval_clip)
     pairs = generation_prompts()

@@ -133,7 +133,7 @@ def deepen_vae(vae: AutoencoderKL, layers_per_block: int) -> AutoencoderKL:
     return deep
 
 
-def _batches(images: np.ndarray, device: torch.device) -> torch.Tensor:
+def _cache_on(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """The whole cache as one uint8 tensor on `device`, so batches are gathered where they are used."""
     return torch.from_numpy(np.array(images)).to(device)
 
@@ -167,7 +167,7 @@ def train(cfg: VaeTrainConfig, resume: bool) -> None:
             vae = deepen_vae(vae, cfg.deepen)
         start = 0
     vae.to(device)
-    pool = _batches(images, device)
+    pool = _cache_on(images, device)
     params = _trainable(vae, cfg.decoder_only)
     vae.requires_grad_(False)
     for p in params:
@@ -185,7 +185,7 @@ def train(cfg: VaeTrainConfig, resume: bool) -> None:
             break
         vae.train()
         batch = torch.from_numpy(np.sort(rng.choice(len(images), size=cfg.batch, replace=False))).to(device)
-        pixels = pool[batch].permute(0, 3, 1, 2).float() / 127.5 - 1.0  # as to_pixels
+        pixels = to_pixels(pool[batch])
         # with a time budget the schedule runs on whichever of steps or time is further along
         progress = max(step, round(cfg.steps * elapsed / cfg.budget_s)) if cfg.budget_s else step
         for group in optimizer.param_groups:
