@@ -70,6 +70,9 @@ class BaseModel:
     slot_token_ids: list[int]
     lock: threading.RLock
     accelerator: Accelerator  # mixed precision for training: bf16 autocast on GPUs that have it
+    # the frozen UNet's dtype, read once: diffusers' ModelMixin.dtype walks every module (~2 ms on the bundled
+    # UNet), and sampling and training need it at every step
+    dtype: torch.dtype
     pristine: dict[str, torch.Tensor] = field(default_factory=dict)  # target weights as loaded (adapters.py)
     compiled_unet: torch.nn.Module | None = None  # made on first use by sampling_unet()
     # set by adapters.trainable while a trainable set is attached: sampling then (after-learn memory
@@ -79,10 +82,6 @@ class BaseModel:
     @property
     def device(self) -> torch.device:
         return self.pipe.unet.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.pipe.unet.dtype
 
     @property
     def resolution(self) -> int:
@@ -153,7 +152,9 @@ def prepare_base(
     device = pipe.unet.device
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if bf16 else "no")
-    return BaseModel(pipe, config, train_scheduler, list(ids), threading.RLock(), accelerator)
+    return BaseModel(
+        pipe, config, train_scheduler, list(ids), threading.RLock(), accelerator, pipe.unet.dtype
+    )
 
 
 _loaded: dict[BaseConfig, BaseModel] = {}

@@ -99,7 +99,7 @@ def denoise(
     for index, t in enumerate(timesteps):
         if attention is not None:
             latents = attention.guide(index, t, latents, scheduler)
-        model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t).to(unet.dtype)
+        model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t).to(base.dtype)
         # ε or v, whichever the scheduler's prediction_type says; guidance is linear in either
         uncond_out, cond_out = unet(model_input, t, embeddings).sample.float().chunk(2)
         guided = uncond_out + config.guidance_scale * (cond_out - uncond_out)
