@@ -291,7 +291,7 @@ def orthogonal_attention_loss(
 class AttentionControl:
     """What ``denoise`` calls at each step: moves the latents by the CAA/OAA gradient in early steps."""
 
-    unet: UNet2DConditionModel
+    base: BaseModel
     store: AttentionStore
     tokens: PromptTokens
     cond: torch.Tensor
@@ -320,9 +320,9 @@ class AttentionControl:
             return latents
         with torch.enable_grad():
             latents = latents.detach().requires_grad_(True)
-            model_input = scheduler.scale_model_input(latents, t).to(self.unet.dtype)
+            model_input = scheduler.scale_model_input(latents, t).to(self.base.dtype)
             with self.store.guiding() as captured:
-                self.unet(model_input, t, self.cond.expand(len(latents), -1, -1))
+                self.base.pipe.unet(model_input, t, self.cond.expand(len(latents), -1, -1))
             loss = self.loss(torch.stack(captured).mean(0)).sum()
             if loss.item() == 0.0:
                 return latents.detach()
@@ -409,7 +409,7 @@ def attention_control(
     unet = base.pipe.unet
     store = AttentionStore(capture_resolution(unet, config.attention_res), tokens.positions)
     store.mode = "record" if record is not None else "off"
-    control = AttentionControl(unet, store, tokens, cond, config, config.attention_steps if guided else 0)
+    control = AttentionControl(base, store, tokens, cond, config, config.attention_steps if guided else 0)
     with capture_processors(unet, store):
         yield control
     if record is not None:
