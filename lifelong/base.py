@@ -35,8 +35,9 @@ def compile_requested() -> bool:
 
 def compile_default(device: torch.device) -> bool:
     """Whether sampling compiles the UNet when the config leaves it open: $LIFELONG_COMPILE, else on CPUs."""
-    setting = os.environ.get(COMPILE_ENV)
-    return setting == "1" if setting in ("0", "1") else device.type == "cpu"
+    if os.environ.get(COMPILE_ENV) in ("0", "1"):
+        return compile_requested()
+    return device.type == "cpu"
 
 
 def slot_token(slot: int) -> str:
