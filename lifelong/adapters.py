@@ -1,8 +1,14 @@
 """What a concept changes in the frozen base, and how to train, store, compose and apply it.
 
-Trainable set (all methods): the UNet cross-attention K and V projections (Custom Diffusion), either as full
-fp32 increments ("kv", a torch parametrization W + ΔW) or as a peft LoRA on the same modules ("lora"), plus
-the concept's token embedding (a forward hook on the text encoder's embedding table).
+Trainable sets (``kind``), plus the concept's token embedding (a forward hook on the text encoder's
+embedding table) in every case:
+
+- ``"kv"``: full fp32 increments (a torch parametrization W + ΔW) on the UNet's cross-attention K and V
+  projections (Custom Diffusion);
+- ``"lora"``: a peft LoRA on the same K/V projections;
+- ``"lora-attn"``: a peft LoRA on every attention projection, q, k, v and out of self- and cross-attention
+  (what diffusers' DreamBooth-LoRA script and CIDM train on SD-1.5). K/V alone can only change what the
+  text *says* to the image; detail drawn by self-attention and the output projections needs the rest.
 
 A concept's :class:`ConceptDelta` is what *it* changed. A model state is a weighted sum of deltas over the
 frozen base, written into the base weights in place for the duration of :func:`use_state`.
@@ -23,16 +29,21 @@ from torch.nn.utils import parametrize
 
 from lifelong.base import BaseModel
 
-KINDS = ("kv", "lora")
+KINDS = ("kv", "lora", "lora-attn")
 _ADAPTER = "lifelong"
+_KV = ("attn2.to_k", "attn2.to_v")
+_ATTENTION = tuple(f"{attn}.{proj}" for attn in ("attn1", "attn2") for proj in ("to_q", "to_k", "to_v", "to_out.0"))
 
 
-def target_module_names(unet: nn.Module) -> list[str]:
-    """Names of the cross-attention K and V projections: the weights every method trains."""
+def target_module_names(unet: nn.Module, kind: str = "kv") -> list[str]:
+    """Names of the linear layers a trainable set of ``kind`` changes: the cross-attention K and V
+    projections, or for "lora-attn" every attention projection (a superset)."""
+    suffixes = _ATTENTION if kind == "lora-attn" else _KV
     return [
         name
         for name, module in unet.named_modules()
-        if isinstance(module, nn.Linear) and (name.endswith("attn2.to_k") or name.endswith("attn2.to_v"))
+        if name.endswith(suffixes)
+        and isinstance(getattr(module, "base_layer", module), nn.Linear)  # also while a LoRA wraps it
     ]
 
 
@@ -89,30 +100,39 @@ def compose(
     return state
 
 
-def _base_weights(base: BaseModel) -> dict[str, torch.Tensor]:
-    """Pristine copies of the target weights, taken once, so a state can always be taken out exactly."""
+def _base_weights(base: BaseModel, modules: Iterator[str] | Sequence[str]) -> dict[str, torch.Tensor]:
+    """Pristine copies of the weights of ``modules``, each taken the first time a state touches it (always
+    outside a state), so a state can always be taken out exactly."""
     cache = base.pristine
-    if not cache:
-        unet = base.pipe.unet
-        for name in target_module_names(unet):
-            cache[name] = unet.get_submodule(name).weight.detach().clone()
+    unet = base.pipe.unet
+    for name in modules:
+        if name not in cache:
+            cache[name] = _raw_weight(unet.get_submodule(name)).detach().clone()
     return cache
+
+
+def _raw_weight(layer: nn.Module) -> torch.Tensor:
+    """The stored weight, without a "kv" trainable set's W + ΔW parametrization (peft's LoRA layers
+    already answer ``weight`` with their base layer's)."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer.parametrizations["weight"].original  # type: ignore[union-attr,index]
+    return layer.weight  # type: ignore[return-value]
 
 
 @contextmanager
 def use_state(base: BaseModel, state: ModelState) -> Iterator[None]:
     """Write ``state`` into the shared base for the block (holding the base's lock), then restore it."""
     with base.lock:
-        pristine = _base_weights(base)
         unet = base.pipe.unet
         table = base.pipe.text_encoder.get_input_embeddings().weight
-        unknown = set(state.weight_deltas) - set(pristine)
+        unknown = set(state.weight_deltas) - set(target_module_names(unet, "lora-attn"))
         if unknown:
             raise ValueError(f"state names modules this base does not have: {sorted(unknown)[:3]}")
+        pristine = _base_weights(base, list(state.weight_deltas))
         try:
             with torch.no_grad():
                 for name, delta in state.weight_deltas.items():
-                    weight = unet.get_submodule(name).weight
+                    weight = _raw_weight(unet.get_submodule(name))
                     weight.copy_((pristine[name].float() + delta.to(weight.device)).to(weight.dtype))
                 for token_id, vector in state.embeddings.items():
                     table[token_id] = vector.to(table.device, table.dtype)
@@ -120,7 +140,7 @@ def use_state(base: BaseModel, state: ModelState) -> Iterator[None]:
         finally:
             with torch.no_grad():
                 for name in state.weight_deltas:
-                    unet.get_submodule(name).weight.copy_(pristine[name])
+                    _raw_weight(unet.get_submodule(name)).copy_(pristine[name])
 
 
 class _AddDelta(nn.Module):
@@ -231,7 +251,7 @@ def trainable(
     if kind not in KINDS:
         raise ValueError(f"unknown trainable kind {kind!r}; choose one of {KINDS}")
     unet = base.pipe.unet
-    modules = target_module_names(unet)
+    modules = target_module_names(unet, kind)
     embedding = nn.Parameter(init_embedding.detach().float().to(base.device).clone())
     lora_scale = 1.0
     if kind == "kv":

@@ -127,7 +127,7 @@ def upload_notes(sources: Sequence[ImageSource]) -> list[str]:
 def _check_compatible(session: Session, base: BaseModel) -> None:
     """Refuse a session whose deltas do not fit this base (learned on another model)."""
     unet = base.pipe.unet
-    targets = set(target_module_names(unet))
+    targets = set(target_module_names(unet, "lora-attn"))
     width = base.pipe.text_encoder.get_input_embeddings().weight.shape[1]
     if len(session.concepts) > len(base.slot_token_ids):
         raise SessionFormatError(

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from lifelong.base import BaseConfig, compile_requested, get_base
-from lifelong.bench import multi
+from lifelong.bench import learnability, multi
 from lifelong.bench.report import write_report
 from lifelong.bench.sequence import (
     BUNDLED_CONCEPTS,
@@ -124,7 +124,13 @@ LIFELONG = Mode(
 MULTI = Mode(
     "multi", "pairs of learned concepts in one prompt, CAA/OAA off vs on", multi.add_arguments, multi.run
 )
-MODES: list[Mode] = [LIFELONG, MULTI]
+LEARN = Mode(
+    "learn",
+    "each concept learned alone: identification, normalised IA, background, TA, seconds",
+    learnability.add_arguments,
+    learnability.run,
+)
+MODES: list[Mode] = [LIFELONG, MULTI, LEARN]
 
 
 def build_parser() -> argparse.ArgumentParser:
