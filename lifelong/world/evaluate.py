@@ -28,7 +28,7 @@ from transformers import CLIPModel, CLIPProcessor
 
 from ..base import compile_default
 from ..metrics import background_color
-from .data import COLORS, HELD_IN, generate, with_article
+from .data import COLORS, FONT_PATH, HELD_IN, FontMissingError, generate, with_article
 
 BASE_MODEL = Path("assets/base-model")
 EVAL_CLIP = Path("assets/eval-clip")
@@ -176,6 +176,8 @@ def main() -> None:
     parser.add_argument("--eval-clip", type=Path, default=EVAL_CLIP)
     parser.add_argument("--eager", action="store_true", help="time the uncompiled UNet")
     args = parser.parse_args()
+    if not FONT_PATH.exists():
+        parser.exit(2, f"error: {FontMissingError.__doc__} Install it with `apt-get install fonts-noto-color-emoji`.\n")
     result = evaluate(args.base_model, args.eval_clip, compile_unet=False if args.eager else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
