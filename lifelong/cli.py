@@ -8,11 +8,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lifelong.attention import generate_with_maps
 from lifelong.base import BaseConfig, BaseModel, compile_requested, default_model, get_base
 from lifelong.concepts import Session
 from lifelong.errors import LifelongError
-from lifelong.generate import GenerateConfig, generate
+from lifelong.generate import GenerateConfig, generate, generate_with_maps
 from lifelong.learner import LearnConfig, learn
 from lifelong.methods import DEFAULT_METHOD, describe
 from lifelong.overrides import override, parse_pairs
@@ -38,7 +37,7 @@ def _learn(args: argparse.Namespace) -> None:
             bar.update(progress.step - bar.n)
             bar.set_postfix(loss=f"{progress.loss:.4f}")
 
-        result = learn(session, base, args.images, args.name, args.class_word, config, show)
+        result = learn(base, session, args.images, args.name, args.class_word, config, show)
     concept = result.concept
     print(
         f"learned {concept.token} with {concept.method} in {concept.seconds:.1f} s as checkpoint {len(session.concepts)}"

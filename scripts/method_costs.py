@@ -47,7 +47,7 @@ def measure(method: str, steps: int) -> dict[str, float]:
     from lifelong.generate import GenerateConfig, generate
     from lifelong.learner import LearnConfig, learn
     from lifelong.methods import get_method
-    from lifelong.regularizers.memory import register_clip
+    from lifelong.mechanisms.memory import register_clip
 
     base = prepare_base(tiny_pipeline(), BaseConfig(model="tiny", concept_slots=6), torch.device("cpu"))
     register_clip("tiny", tiny_clip())
@@ -59,8 +59,8 @@ def measure(method: str, steps: int) -> dict[str, float]:
     for index, (name, word) in enumerate([("rex", "dog"), ("tom", "cat"), ("cup", "mug")]):
         started = time.perf_counter()
         learn(
-            session,
             base,
+            session,
             pattern_images(seed=index),
             name,
             word,

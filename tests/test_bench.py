@@ -25,7 +25,7 @@ from lifelong.bench.sequence import (
     run_sequence,
     setup_record,
 )
-from lifelong.errors import UnknownMethodError
+from lifelong.errors import InvalidSettingError
 from lifelong.methods import get_method
 
 KEYS = {"TA", "IA_final", "IAD", "TFR", "base_drift", "IA_matrix", "seconds_per_concept", "peak_memory_mb"}
@@ -153,7 +153,7 @@ def test_overrides_reach_every_method_or_only_the_methods_that_have_the_setting(
     finetune, l2dm = config.learn_config("finetune"), config.learn_config("l2dm")
     assert finetune.learning_rate == l2dm.learning_rate == 0.002
     assert finetune.settings == {} and l2dm.settings == {"clip": "vae"}
-    with pytest.raises(UnknownMethodError, match="no_such_setting"):
+    with pytest.raises(InvalidSettingError, match="no_such_setting"):
         SequenceConfig(methods=("finetune",), overrides=(("no_such_setting", "1"),)).check()
 
 

@@ -120,8 +120,8 @@ def run_multi(
     session = Session.create(root, base.name)
     for concept in learned:
         learn(
-            session,
             base,
+            session,
             list(concept.images),
             concept.name,
             concept.class_word,

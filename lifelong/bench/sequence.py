@@ -25,7 +25,7 @@ from PIL import Image
 from lifelong.base import REPO_ROOT, BaseModel
 from lifelong.bench.resources import PeakMemory
 from lifelong.concepts import Session
-from lifelong.errors import UnknownMethodError
+from lifelong.errors import InvalidSettingError
 from lifelong.files import write_json
 from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import ImageSource, load_images, validate_name
@@ -145,7 +145,7 @@ class SequenceConfig:
         known = {key for method in METHODS.values() for key in method.settings()}
         unknown = [key for key, _ in self.overrides if key not in LEARN_FIELDS and key not in known]
         if unknown:
-            raise UnknownMethodError(f"no method has a setting {unknown[0]!r}.")
+            raise InvalidSettingError(f"no method has a setting {unknown[0]!r}.")
         for method in self.methods:
             get_method(method).resolve(dict(self.learn_config(method).settings))
 
@@ -236,7 +236,7 @@ class Evaluator:
         session = Session.create(root, self.base.name)
         concept = self.concepts[0]
         learn(
-            session, self.base, list(concept.images), concept.name, concept.class_word, LearnConfig(steps=2)
+            self.base, session, list(concept.images), concept.name, concept.class_word, LearnConfig(steps=2)
         )
         self.concept(session, 0, 1, None)
         shutil.rmtree(root)
@@ -268,7 +268,7 @@ def run_method(evaluator: Evaluator, method: str, out: Path, log: Log = print) -
         learn_config = config.learn_config(method)
         started = time.perf_counter()
         with PeakMemory(base.device) as memory:
-            learn(session, base, list(concept.images), concept.name, concept.class_word, learn_config)
+            learn(base, session, list(concept.images), concept.name, concept.class_word, learn_config)
         seconds.append(time.perf_counter() - started)  # all of it: what a method stores after learning too
         peaks.append(memory.peak_mb)
         started = time.perf_counter()
