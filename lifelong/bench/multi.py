@@ -32,9 +32,9 @@ from PIL import Image, ImageDraw
 
 from lifelong.attention import AttentionRecord
 from lifelong.base import BaseConfig, BaseModel, compile_requested, get_base
-from lifelong.bench.sequence import BUNDLED_CONCEPTS, BenchConcept, load_concepts
 from lifelong.concepts import Session
 from lifelong.files import atomic_write, write_json
+from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts
 from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig, learn
@@ -66,7 +66,7 @@ class SettingResult:
     per_concept_ia: dict[str, float]  # each learned concept's mean IA over the pairs it is in
 
 
-def pair_prompt(first: BenchConcept, second: BenchConcept, color: str) -> str:
+def pair_prompt(first: FolderConcept, second: FolderConcept, color: str) -> str:
     one = " ".join(f"<{first.name}> {first.class_word}".split())
     two = " ".join(f"<{second.name}> {second.class_word}".split())
     return f"a {one} and a {two} on a {color} background"
@@ -87,11 +87,11 @@ def peak_crop(image: Image.Image, heat: torch.Tensor) -> Image.Image:
 class MultiEvaluator:
     """Scores crops against every concept's references (features cached)."""
 
-    def __init__(self, base: BaseModel, clip: EvalClip, everyone: Sequence[BenchConcept]) -> None:
+    def __init__(self, base: BaseModel, clip: EvalClip, everyone: Sequence[FolderConcept]) -> None:
         self.base, self.clip, self.everyone = base, clip, list(everyone)
         self.cache = FeatureCache()
 
-    def references(self, concept: BenchConcept) -> torch.Tensor:
+    def references(self, concept: FolderConcept) -> torch.Tensor:
         return self.cache.get(
             concept.name,
             lambda: image_features(self.clip, load_images(list(concept.images), self.base.resolution)),
@@ -106,7 +106,7 @@ class MultiEvaluator:
 def run_multi(
     base: BaseModel,
     clip: EvalClip,
-    everyone: Sequence[BenchConcept],
+    everyone: Sequence[FolderConcept],
     config: MultiConfig,
     out: Path,
     log: Callable[[str], None] = print,
