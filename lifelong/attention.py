@@ -412,4 +412,3 @@ def attention_control(
     if record is not None:
         record.words, record.concepts, record.attributes = tokens.words, tokens.concepts, tokens.attributes
         record.maps = store.recorded().cpu()
-

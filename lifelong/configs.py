@@ -71,14 +71,18 @@ def check(config: Any) -> None:
 class LearnConfig:
     """How to learn one concept. The UI's "Advanced" panel is generated from these fields."""
 
-    method: str = setting(DEFAULT_METHOD, "see `python -m lifelong methods`; combine with +, e.g. routed+dfkd")
+    method: str = setting(
+        DEFAULT_METHOD, "see `python -m lifelong methods`; combine with +, e.g. routed+dfkd"
+    )
     steps: int = setting(200, "training steps", 1, 2000)
     batch_size: int = setting(4, "images per step")
     gradient_accumulation: int = setting(1, "batches per optimiser step")
     learning_rate: float = setting(1e-3, "for the K/V increments (or LoRA factors)")
     token_learning_rate: float = setting(5e-3, "for the concept's token embedding")
     weight_decay: float = setting(0.0, "AdamW weight decay")
-    params: str = setting("", '"kv" (full K/V increments) or "lora" (peft LoRA on K/V); "" = the method\'s choice')
+    params: str = setting(
+        "", '"kv" (full K/V increments) or "lora" (peft LoRA on K/V); "" = the method\'s choice'
+    )
     lora_rank: int = setting(4, "rank of the LoRA factors", 1, 64)
     augment: bool = setting(True, "horizontal flips and random crops, encoded once")
     seed: int = setting(0, "seed of the noise, timesteps and augmentation")

@@ -28,7 +28,14 @@ from lifelong.intake import ImageSource, load_images, square, validate_class_wor
 from lifelong.methods import Method, get_method
 from lifelong.progress import CancelToken, Progress, ProgressFn
 from lifelong.settings import Value
-from lifelong.step import AfterLearnContext, BuildContext, Regularizer, StepContext, diffusion_loss
+from lifelong.step import (
+    AfterLearnContext,
+    BuildContext,
+    DiffusionLoss,
+    Regularizer,
+    StepContext,
+    diffusion_loss,
+)
 
 __all__ = ["LearnConfig", "LearnResult", "concept_loss", "learn"]
 
@@ -132,6 +139,21 @@ def make_optimizer(trainset: TrainableSet, config: LearnConfig) -> torch.optim.O
     )
 
 
+def batch_loss(
+    base: BaseModel, latents: torch.Tensor, ids: torch.Tensor, generator: torch.Generator
+) -> tuple[DiffusionLoss, torch.Tensor]:
+    """The concept's diffusion loss on one batch, and the prompt's text states (encoded with grad: the
+    token embedding trains)."""
+    encoded: list[torch.Tensor] = []
+
+    def predict(noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        with base.accelerator.autocast():
+            encoded.append(base.pipe.text_encoder(ids.expand(len(latents), -1))[0])
+            return base.pipe.unet(noisy, timesteps, encoded[0]).sample.float()
+
+    return diffusion_loss(base, latents, generator, predict), encoded[0]
+
+
 def training_step(
     base: BaseModel,
     session: Session,
@@ -151,17 +173,10 @@ def training_step(
             0, len(latents_all), (config.batch_size,), generator=generator, device=base.device
         )
         latents = latents_all[pick]
-        encoded: list[torch.Tensor] = []
-
-        def predict(noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-            with base.accelerator.autocast():
-                encoded.append(base.pipe.text_encoder(ids.expand(len(latents), -1))[0])
-                return base.pipe.unet(noisy, timesteps, encoded[0]).sample.float()
-
-        main = diffusion_loss(base, latents, generator, predict)
+        main, embeddings = batch_loss(base, latents, ids, generator)
         encode = lambda prompts: encode_text(base, prompts)  # noqa: E731
         ctx = StepContext(
-            base, session, trainset, step, latents, main.noise, main.timesteps, encoded[0],
+            base, session, trainset, step, latents, main.noise, main.timesteps, embeddings,
             main.prediction, generator, encode,
         )  # fmt: skip
         loss = main.loss

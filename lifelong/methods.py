@@ -9,7 +9,7 @@ hook whose tensors are stored with the concept (``extra.*`` in its checkpoint). 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +69,9 @@ class Method:
         unknown = sorted(set(given) - set(known))
         if unknown:
             names = ", ".join(sorted(known)) or "none"
-            raise InvalidSettingError(f"{self.name} has no setting {unknown[0]!r}; its settings are: {names}.")
+            raise InvalidSettingError(
+                f"{self.name} has no setting {unknown[0]!r}; its settings are: {names}."
+            )
         return {key: setting.convert(key, given.get(key, setting.default)) for key, setting in known.items()}
 
     def regularizers(self, build: BuildContext) -> list[Regularizer]:
@@ -139,7 +141,6 @@ METHODS: dict[str, Method] = {
 }
 
 
-
 def get_method(name: str) -> Method:
     """A registered method, or a ``+`` combination of them (components merged in order)."""
     parts = [part.strip() for part in name.split("+")]
@@ -154,7 +155,9 @@ def get_method(name: str) -> Method:
     methods = [METHODS[part] for part in parts]
     kinds = {method.kind for method in methods if method.kind is not None}
     if len(kinds) > 1:
-        raise IncompatibleMethodsError(f"{name} mixes trainable kinds {sorted(kinds)}; pick methods that agree.")
+        raise IncompatibleMethodsError(
+            f"{name} mixes trainable kinds {sorted(kinds)}; pick methods that agree."
+        )
     components = tuple(dict.fromkeys(c for method in methods for c in method.components))
     return Method(
         "+".join(parts),

@@ -21,9 +21,13 @@ class Setting:
     def convert(self, key: str, value: Any) -> Value:
         """``value`` as the default's type, within bounds, or an InvalidSettingError that says why not."""
         converted = convert(value, type(self.default), key)
-        if isinstance(converted, int | float) and not isinstance(converted, bool) and (
-            (self.low is not None and converted < self.low)
-            or (self.high is not None and converted > self.high)
+        if (
+            isinstance(converted, int | float)
+            and not isinstance(converted, bool)
+            and (
+                (self.low is not None and converted < self.low)
+                or (self.high is not None and converted > self.high)
+            )
         ):
             low = "" if self.low is None else f"{self.low:g}"
             high = "" if self.high is None else f"{self.high:g}"

@@ -28,7 +28,9 @@ from lifelong.base import BaseModel
 from lifelong.concepts import Session
 from lifelong.settings import Value
 
-Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (noisy latents in the base dtype, t) → output
+Predict = Callable[
+    [torch.Tensor, torch.Tensor], torch.Tensor
+]  # (noisy latents in the base dtype, t) → output
 
 
 @dataclass
@@ -154,8 +156,6 @@ def diffusion_loss(
     target = teacher(noisy, timesteps) if teacher is not None else None
     if target is None:
         target = prediction_target(base, latents, noise, timesteps)
-    if per_sample:
-        loss = ((prediction - target) ** 2).flatten(1).mean(1)
-    else:
-        loss = F.mse_loss(prediction, target)
+    per_row = per_sample  # mean squared error of each row, or over the batch (bit-exact with mse_loss)
+    loss = ((prediction - target) ** 2).flatten(1).mean(1) if per_row else F.mse_loss(prediction, target)
     return DiffusionLoss(loss, noise, timesteps, prediction)

@@ -46,8 +46,8 @@ def measure(method: str, steps: int) -> dict[str, float]:
     from lifelong.concepts import Session
     from lifelong.generate import GenerateConfig, generate
     from lifelong.learner import LearnConfig, learn
-    from lifelong.methods import get_method
     from lifelong.mechanisms.memory import register_clip
+    from lifelong.methods import get_method
 
     base = prepare_base(tiny_pipeline(), BaseConfig(model="tiny", concept_slots=6), torch.device("cpu"))
     register_clip("tiny", tiny_clip())

@@ -18,7 +18,6 @@ import torch
 from lifelong.settings import Setting
 from lifelong.step import BuildContext, StepContext
 
-
 SETTINGS = {"clora_weight": Setting(1e3, "λ: weight of the overlap penalty", 0.0)}
 
 

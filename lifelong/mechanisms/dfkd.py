@@ -25,7 +25,6 @@ from lifelong.generate import sampling_loop
 from lifelong.settings import Setting
 from lifelong.step import BuildContext, StepContext, draw_noise
 
-
 GENERIC_PROMPTS = ("a photo", "a picture of an object", "an animal", "a landscape", "a painting")
 SOURCES = ("concepts", "classes", "generic", "empty")
 SAMPLER_GRID = 20

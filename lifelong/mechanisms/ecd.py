@@ -17,7 +17,6 @@ from lifelong.mechanisms.memory import ShortTermMemory, short_term_memory
 from lifelong.settings import Setting
 from lifelong.step import BuildContext, StepContext
 
-
 SETTINGS = {
     "ecd_weight": Setting(1.0, "λ: weight of the elastic distillation loss", 0.0),
     "ecd_batch": Setting(2, "memory samples distilled per step", 1, 32),

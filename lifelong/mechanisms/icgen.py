@@ -14,7 +14,6 @@ from lifelong.encoding import encode_images
 from lifelong.settings import Setting
 from lifelong.step import AfterLearnContext
 
-
 SETTINGS = {
     "icgen_images": Setting(3, "images whose latents are kept as the concept's vision context", 1, 20)
 }

@@ -34,7 +34,6 @@ from lifelong.metrics import EvalClip, image_features
 from lifelong.settings import Setting
 from lifelong.step import AfterLearnContext, BuildContext, StepContext
 
-
 Features = Callable[[Sequence[Image.Image]], torch.Tensor]
 
 SETTINGS = {

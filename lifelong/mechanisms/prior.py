@@ -18,7 +18,6 @@ from lifelong.mechanisms.memory import sample_latents
 from lifelong.settings import Setting
 from lifelong.step import BuildContext, StepContext
 
-
 SETTINGS = {
     "prior_weight": Setting(1.0, "λ: weight of the class images' diffusion loss", 0.0),
     "prior_images": Setting(8, "class images the base model generates (cached per session)", 1, 64),

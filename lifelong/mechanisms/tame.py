@@ -16,7 +16,6 @@ from lifelong.mechanisms.memory import ShortTermMemory, short_term_memory
 from lifelong.settings import Setting
 from lifelong.step import BuildContext, StepContext
 
-
 SETTINGS = {
     "tame_weight": Setting(1.0, "μ: weight of the replayed samples' diffusion loss", 0.0),
     "tame_batch": Setting(2, "memory samples replayed per step", 1, 32),

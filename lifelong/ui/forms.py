@@ -25,7 +25,9 @@ def _label(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
-def _component(item: dataclasses.Field[Any], hint: Any, default: Any, elem_id: str) -> gr.components.Component:
+def _component(
+    item: dataclasses.Field[Any], hint: Any, default: Any, elem_id: str
+) -> gr.components.Component:
     """A slider for bounded numbers, a number box for others, a checkbox, a textbox or a key=value box."""
     info = item.metadata.get("help")
     common = {"label": _label(item.name), "info": info, "elem_id": elem_id}

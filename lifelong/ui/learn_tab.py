@@ -116,7 +116,9 @@ def _inputs() -> tuple[gr.Gallery, gr.Textbox, gr.Textbox, gr.Dropdown, gr.Markd
         height=220,
     )
     with gr.Row():
-        name = gr.Textbox(label="Concept name", placeholder="rex", info="used as <name>", elem_id="concept-name")
+        name = gr.Textbox(
+            label="Concept name", placeholder="rex", info="used as <name>", elem_id="concept-name"
+        )
         class_word = gr.Textbox(label="Class word", placeholder="dog", info="what it is")
     method = gr.Dropdown(
         [(name, name) for name in METHODS],
