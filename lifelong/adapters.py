@@ -52,13 +52,12 @@ class ConceptDelta:
     """What learning one concept changed: weight increments on the targets and its token's embedding.
 
     ``tensors`` holds, per target module, ``"<module>"`` (dense ΔW, kind "kv") or ``"<module>.lora_A"`` and
-    ``"<module>.lora_B"`` (kind "lora", ΔW = B @ A · lora_scale).
+    ``"<module>.lora_B"`` (kind "lora", ΔW = B @ A: LoRA's α equals its rank).
     """
 
     kind: str
     tensors: dict[str, torch.Tensor]
     embedding: torch.Tensor
-    lora_scale: float = 1.0
 
     def modules(self) -> list[str]:
         if self.kind == "kv":
@@ -69,10 +68,7 @@ class ConceptDelta:
         if self.kind == "kv":
             return self.tensors[module]
         a, b = self.tensors[f"{module}.lora_A"], self.tensors[f"{module}.lora_B"]
-        return (b.float() @ a.float()) * self.lora_scale
-
-    def num_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in [*self.tensors.values(), self.embedding])
+        return b.float() @ a.float()
 
 
 @dataclass
@@ -174,7 +170,6 @@ class TrainableSet:
     modules: list[str]
     token_id: int
     embedding: nn.Parameter
-    lora_scale: float = 1.0
     _enabled: bool = True
 
     def weight_parameters(self) -> list[nn.Parameter]:
@@ -198,7 +193,7 @@ class TrainableSet:
         if self.kind == "kv":
             return _add_delta(unet, module).delta
         a, b = self.lora_factors()[module]
-        return (b @ a) * self.lora_scale
+        return b @ a
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
@@ -230,9 +225,7 @@ class TrainableSet:
                 key.replace(".weight", "").replace(f".{_ADAPTER}", ""): value.detach().float().cpu().clone()
                 for key, value in state.items()
             }
-        return ConceptDelta(
-            self.kind, tensors, self.embedding.detach().float().cpu().clone(), self.lora_scale
-        )
+        return ConceptDelta(self.kind, tensors, self.embedding.detach().float().cpu().clone())
 
 
 @contextmanager
@@ -253,7 +246,6 @@ def trainable(
     unet = base.pipe.unet
     modules = target_module_names(unet, kind)
     embedding = nn.Parameter(init_embedding.detach().float().to(base.device).clone())
-    lora_scale = 1.0
     if kind == "kv":
         for name in modules:
             linear = unet.get_submodule(name)
@@ -272,7 +264,7 @@ def trainable(
                 param.data = param.data.float()
                 param.requires_grad_(True)
     encoder_embeddings = base.pipe.text_encoder.get_input_embeddings()
-    trainset = TrainableSet(base, kind, modules, token_id, embedding, lora_scale)
+    trainset = TrainableSet(base, kind, modules, token_id, embedding)
 
     def inject_token(
         _module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor

@@ -90,7 +90,6 @@ def save_checkpoint(path: Path, delta: ConceptDelta, extras: dict[str, torch.Ten
         "format": CHECKPOINT_FORMAT,
         "version": str(VERSION),
         "kind": delta.kind,
-        "lora_scale": repr(delta.lora_scale),
     }
     write_safetensors(path, tensors, metadata)
 
@@ -109,10 +108,7 @@ def load_checkpoint(path: Path) -> tuple[ConceptDelta, dict[str, torch.Tensor]]:
         raise SessionFormatError(f"{path.name} has no token embedding.")
     deltas = {key.removeprefix("delta."): value for key, value in tensors.items() if key.startswith("delta.")}
     extras = {key.removeprefix("extra."): value for key, value in tensors.items() if key.startswith("extra.")}
-    delta = ConceptDelta(
-        metadata["kind"], deltas, tensors["embedding"], float(metadata.get("lora_scale", "1.0"))
-    )
-    return delta, extras
+    return ConceptDelta(metadata["kind"], deltas, tensors["embedding"]), extras
 
 
 class Session:

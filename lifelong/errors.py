@@ -34,7 +34,15 @@ class InvalidPromptError(LifelongError):
 
 
 class UnknownMethodError(LifelongError):
-    """A method name or one of its settings is not known."""
+    """A method name is not known."""
+
+
+class IncompatibleMethodsError(LifelongError):
+    """Methods combined with ``+`` that cannot work together (e.g. different trainable kinds)."""
+
+
+class InvalidSettingError(LifelongError):
+    """A setting (a config field or a method's setting) is unknown, of the wrong type or out of bounds."""
 
 
 class SessionFullError(LifelongError):

@@ -23,11 +23,10 @@ import numpy as np
 from PIL import Image
 
 from lifelong.adapters import target_module_names
-from lifelong.attention import generate_with_maps
 from lifelong.base import BUNDLED_EVAL_CLIP, BaseModel
 from lifelong.concepts import MANIFEST, Concept, Session
 from lifelong.errors import ImageCountError, LifelongError, SessionFormatError
-from lifelong.generate import GenerateConfig, generate, warm_up
+from lifelong.generate import GenerateConfig, generate, generate_with_maps, warm_up
 from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource
 from lifelong.learner import LearnConfig, learn
 from lifelong.metrics import EvalClip, image_alignment, image_features
@@ -282,7 +281,7 @@ class Studio:
         with self._lock(user):
             session = self.session(user)
             return learn(
-                session, self.base, images, name, class_word, config, progress=progress, cancel=cancel
+                self.base, session, images, name, class_word, config, progress=progress, cancel=cancel
             ).concept
 
     def generate(

@@ -20,15 +20,9 @@ import torch
 from lifelong.base import BaseConfig, compile_requested, get_base
 from lifelong.bench import learnability, multi
 from lifelong.bench.report import write_report
-from lifelong.bench.sequence import (
-    BUNDLED_CONCEPTS,
-    SequenceConfig,
-    load_concepts,
-    results_json,
-    run_sequence,
-    setup_record,
-)
+from lifelong.bench.sequence import SequenceConfig, results_json, run_sequence, setup_record
 from lifelong.errors import LifelongError
+from lifelong.folders import BUNDLED_CONCEPTS, load_concepts
 from lifelong.methods import METHODS
 from lifelong.metrics import EvalClip
 from lifelong.overrides import parse_pairs
