@@ -31,9 +31,9 @@ import torch
 from PIL import Image
 
 from lifelong.base import BaseConfig, BaseModel, compile_requested, get_base
-from lifelong.bench.sequence import BUNDLED_CONCEPTS, BenchConcept, load_concepts
 from lifelong.concepts import Session
 from lifelong.files import atomic_write, write_json
+from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts
 from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig, learn
@@ -66,7 +66,7 @@ class ConceptScore:
     seconds: float
 
 
-def prompts(concept: BenchConcept) -> list[tuple[str, str, str]]:
+def prompts(concept: FolderConcept) -> list[tuple[str, str, str]]:
     """(prompt with the token, TA text with the class word instead, background colour) per background."""
     token = " ".join(f"<{concept.name}> {concept.class_word}".split())
     subject = concept.subject
@@ -75,7 +75,7 @@ def prompts(concept: BenchConcept) -> list[tuple[str, str, str]]:
 
 
 def reference_features(
-    encoder: IdentityEncoder, concepts: Sequence[BenchConcept], resolution: int
+    encoder: IdentityEncoder, concepts: Sequence[FolderConcept], resolution: int
 ) -> list[torch.Tensor]:
     return [identity_features(encoder, load_images(list(c.images), resolution)) for c in concepts]
 
@@ -99,7 +99,7 @@ def learn_and_score(
     base: BaseModel,
     clip: EvalClip,
     encoder: IdentityEncoder,
-    concepts: Sequence[BenchConcept],
+    concepts: Sequence[FolderConcept],
     k: int,
     references: Sequence[torch.Tensor],
     config: LearnConfig,
@@ -111,7 +111,7 @@ def learn_and_score(
     shutil.rmtree(root, ignore_errors=True)
     session = Session.create(root, base.name)
     started = time.perf_counter()
-    learn(session, base, list(concept.images), concept.name, concept.class_word, config)
+    learn(base, session, list(concept.images), concept.name, concept.class_word, config)
     seconds = time.perf_counter() - started
     images, ta_texts, colors = [], [], []
     for prompt, ta_text, color in prompts(concept):
