@@ -81,7 +81,9 @@ class LearnConfig:
     token_learning_rate: float = setting(5e-3, "for the concept's token embedding")
     weight_decay: float = setting(0.0, "AdamW weight decay")
     params: str = setting(
-        "", '"kv" (full K/V increments) or "lora" (peft LoRA on K/V); "" = the method\'s choice'
+        "",
+        '"kv" (full K/V increments), "lora" (peft LoRA on K/V) or "lora-attn" (LoRA on q, k, v and out of '
+        'every attention layer); "" = the method\'s choice',
     )
     lora_rank: int = setting(4, "rank of the LoRA factors", 1, 64)
     augment: bool = setting(True, "horizontal flips and random crops, encoded once")

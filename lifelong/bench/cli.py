@@ -60,7 +60,9 @@ def _lifelong_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"eval images per prompt and checkpoint (default {FULL['images_per_prompt']})",
     )
-    group.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of eval images")
+    group.add_argument(
+        "--sample-steps", type=int, default=None, help="DDIM steps of eval images (default 20; --learn: 25, the app's)"
+    )
     group.add_argument(
         "--quick",
         action="store_true",
@@ -89,7 +91,7 @@ def sequence_settings(args: argparse.Namespace) -> tuple[SequenceConfig, int]:
         steps=args.steps or defaults["steps"],
         images_per_prompt=args.images_per_prompt or defaults["images_per_prompt"],
         seed=args.seed,
-        sample_steps=args.sample_steps,
+        sample_steps=args.sample_steps or SequenceConfig.sample_steps,
         overrides=tuple(parse_pairs(args.set).items()),
     )
     return config, args.concepts or defaults["concepts"]

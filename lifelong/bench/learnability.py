@@ -201,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
     if args.steps:
         config = replace(config, steps=args.steps)
     generate_config = GenerateConfig(num_images=args.learn_images, seed=args.seed)
+    if args.sample_steps:
+        generate_config = replace(generate_config, steps=args.sample_steps)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     references = reference_features(encoder, everyone, base.resolution)

@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps or MultiConfig.steps,
         images_per_pair=args.images_per_pair,
         seed=args.seed,
-        sample_steps=args.sample_steps,
+        sample_steps=args.sample_steps or MultiConfig.sample_steps,
         guided=tuple(parse_pairs(args.guided).items()),
     )
     everyone = load_concepts(args.concept_dir or BUNDLED_CONCEPTS)
