@@ -89,6 +89,13 @@ def identity_features(encoder: IdentityEncoder, images: Sequence[Image.Image], b
     return F.normalize(torch.cat(rows), dim=-1)
 
 
+def alignment_features(
+    images: Sequence[Image.Image], clip: EvalClip, identity: IdentityEncoder | None = None
+) -> torch.Tensor:
+    """The features IA compares: the identity encoder's when there is one, else the CLIP's image tower's."""
+    return identity_features(identity, images) if identity is not None else image_features(clip, images)
+
+
 def _pooled(output: torch.Tensor | object) -> torch.Tensor:
     """transformers 5 may return a model output rather than a tensor from ``get_*_features``."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from lifelong.bench.sequence import SequenceConfig, results_json, run_sequence, 
 from lifelong.errors import LifelongError
 from lifelong.folders import BUNDLED_CONCEPTS, load_concepts
 from lifelong.methods import METHODS
-from lifelong.metrics import EvalClip
+from lifelong.metrics import EvalClip, IdentityEncoder
 from lifelong.overrides import parse_pairs
 
 
@@ -97,16 +97,25 @@ def sequence_settings(args: argparse.Namespace) -> tuple[SequenceConfig, int]:
     return config, args.concepts or defaults["concepts"]
 
 
+def load_identity(args: argparse.Namespace, device: torch.device) -> IdentityEncoder | None:
+    """The identity encoder IA uses (--eval-identity, default the bundled one), or None for "clip"."""
+    if args.eval_identity == "clip":
+        return None
+    return IdentityEncoder.load(args.eval_identity, device)
+
+
 def _run_lifelong(args: argparse.Namespace) -> int:
     config, count = sequence_settings(args)
     config.check()  # a typo should fail now, not after loading models
     concepts = load_concepts(args.concept_dir, count)
     base = get_base(BaseConfig(model=args.model, device=args.device, compile=compile_requested()))
     clip = EvalClip.load(args.eval_clip, base.device)
+    identity = load_identity(args, base.device)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     setup = setup_record(config, base.name, args.eval_clip or "bundled", concepts)
-    results = run_sequence(base, clip, concepts, config, out, setup, resume=args.resume)
+    setup["eval_identity"] = args.eval_identity or "bundled"
+    results = run_sequence(base, clip, concepts, config, out, setup, resume=args.resume, identity=identity)
     command = "python -m lifelong.bench " + shlex.join(args.argv)
     names = [c.name for c in concepts]
     write_report(out, results_json(setup, results) | {"command": command}, results, names, command)
@@ -145,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--eval-clip", default="", help="CLIP folder or hub id (default: the bundled eval CLIP)"
+    )
+    common.add_argument(
+        "--eval-identity",
+        default="",
+        help="image model for IA: folder or hub id of a DINO-like model (default: the bundled identity "
+        "encoder); 'clip' uses the eval CLIP's image tower",
     )
     common.add_argument("--device", default="", help="cpu, cuda, ... (default: what accelerate finds)")
     common.add_argument("--methods", default="", help="comma-separated method names (default: all)")

@@ -183,7 +183,6 @@ def report(scores: Sequence[ConceptScore], mean: dict[str, float], command: str,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("learnability (--learn)")
-    group.add_argument("--eval-identity", default="", help="identity encoder folder or hub id (default: bundled)")
     group.add_argument("--learn-concepts", type=int, default=12, help="how many concepts to learn (default 12)")
     group.add_argument("--learn-images", type=int, default=4, help="images per prompt (default 4)")
 

@@ -4,7 +4,7 @@ The first ``--concepts`` concepts are learned in one session (``--methods``' fir
 For every pair (i, j) the prompt "a <i> {class} and a <j> {class} on a {color} background" is generated
 with the same seeds twice: attention guidance off, then on (GenerateConfig's caa/oaa). For each image and
 each of its two concepts, the square of half the image's side centred on the concept's cross-attention peak
-is cropped, and the eval CLIP compares the crop with
+is cropped, and the identity encoder (metrics.alignment_features) compares the crop with
 
 - the concept's own reference images: the concept's IA in that image;
 - the references of every concept of the folder outside the pair: the level of unrelated concepts.
@@ -38,7 +38,7 @@ from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts
 from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig, learn
-from lifelong.metrics import EvalClip, FeatureCache, image_features
+from lifelong.metrics import EvalClip, FeatureCache, IdentityEncoder, alignment_features
 from lifelong.overrides import override, parse_pairs
 
 SETTINGS = ("off", "on")
@@ -87,19 +87,27 @@ def peak_crop(image: Image.Image, heat: torch.Tensor) -> Image.Image:
 class MultiEvaluator:
     """Scores crops against every concept's references (features cached)."""
 
-    def __init__(self, base: BaseModel, clip: EvalClip, everyone: Sequence[FolderConcept]) -> None:
-        self.base, self.clip, self.everyone = base, clip, list(everyone)
+    def __init__(
+        self,
+        base: BaseModel,
+        clip: EvalClip,
+        everyone: Sequence[FolderConcept],
+        identity: IdentityEncoder | None = None,
+    ) -> None:
+        self.base, self.clip, self.everyone, self.identity = base, clip, list(everyone), identity
         self.cache = FeatureCache()
 
     def references(self, concept: FolderConcept) -> torch.Tensor:
         return self.cache.get(
             concept.name,
-            lambda: image_features(self.clip, load_images(list(concept.images), self.base.resolution)),
+            lambda: alignment_features(
+                load_images(list(concept.images), self.base.resolution), self.clip, self.identity
+            ),
         )
 
     def scores(self, crops: Sequence[Image.Image]) -> torch.Tensor:
         """(crops, concepts): mean cosine of each crop to each concept's references."""
-        features = image_features(self.clip, crops)
+        features = alignment_features(crops, self.clip, self.identity)
         return torch.stack([(features @ self.references(c).T).mean(1) for c in self.everyone], dim=1)
 
 
@@ -167,13 +175,14 @@ def run_multi(
     config: MultiConfig,
     out: Path,
     log: Callable[[str], None] = print,
+    identity: IdentityEncoder | None = None,
 ) -> tuple[dict[str, SettingResult], Image.Image]:
     """Learn the concepts, generate every pair off and on, score; returns results and the pair grid."""
     learned = list(everyone[: config.concepts])
     if len(learned) < 2 or len(everyone) < 3:
         raise ValueError("the multi-concept benchmark needs 2+ learned concepts and 1+ unrelated one.")
     session = _learn_all(base, learned, config, out, log)
-    evaluator = MultiEvaluator(base, clip, everyone)
+    evaluator = MultiEvaluator(base, clip, everyone, identity)
     plain = GenerateConfig(
         steps=config.sample_steps, num_images=config.images_per_pair, seed=config.seed, caa=False, oaa=False
     )
@@ -274,9 +283,10 @@ def run(args: argparse.Namespace) -> int:
     everyone = load_concepts(args.concept_dir or BUNDLED_CONCEPTS)
     base = get_base(BaseConfig(model=args.model, device=args.device, compile=compile_requested()))
     clip = EvalClip.load(args.eval_clip, base.device)
+    identity = None if args.eval_identity == "clip" else IdentityEncoder.load(args.eval_identity, base.device)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    results, grid = run_multi(base, clip, everyone, config, out)
+    results, grid = run_multi(base, clip, everyone, config, out, identity=identity)
     command = "python -m lifelong.bench " + shlex.join(args.argv)
     document = {
         "command": command,

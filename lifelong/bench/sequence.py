@@ -34,6 +34,8 @@ from lifelong.learner import LearnConfig, learn
 from lifelong.methods import METHODS, get_method
 from lifelong.metrics import (
     EvalClip,
+    IdentityEncoder,
+    alignment_features,
     FeatureCache,
     forgetting,
     image_alignment,
@@ -142,9 +144,15 @@ class Evaluator:
     """Generates and scores the fixed eval images; reference and base-model features are cached."""
 
     def __init__(
-        self, base: BaseModel, clip: EvalClip, concepts: Sequence[FolderConcept], config: SequenceConfig
+        self,
+        base: BaseModel,
+        clip: EvalClip,
+        concepts: Sequence[FolderConcept],
+        config: SequenceConfig,
+        identity: IdentityEncoder | None = None,
     ) -> None:
         self.base, self.clip, self.concepts, self.config = base, clip, concepts, config
+        self.identity = identity  # IA's features (metrics.alignment_features); None: the CLIP's
         self.cache = FeatureCache()
 
     def generate_config(self, method: str | None = None) -> GenerateConfig:
@@ -162,7 +170,9 @@ class Evaluator:
         concept = self.concepts[i]
         return self.cache.get(
             ("reference", concept.name),
-            lambda: image_features(self.clip, load_images(list(concept.images), self.base.resolution)),
+            lambda: alignment_features(
+                load_images(list(concept.images), self.base.resolution), self.clip, self.identity
+            ),
         )
 
     def concept(
@@ -174,11 +184,12 @@ class Evaluator:
         for prompt, ta_text in eval_prompts(self.concepts[i], self.config.colors):
             images += generate(self.base, session, prompt, config, checkpoint)
             texts += [ta_text] * config.num_images
-        features = image_features(self.clip, images)
         ta = text_alignment(
-            features, self.cache.get(("text", *texts), lambda: text_features(self.clip, texts))
+            image_features(self.clip, images),
+            self.cache.get(("text", *texts), lambda: text_features(self.clip, texts)),
         )
-        return image_alignment(features, self.references(i)), ta, images[0]
+        ia = image_alignment(alignment_features(images, self.clip, self.identity), self.references(i))
+        return ia, ta, images[0]
 
     def drift_images(
         self, session: Session, checkpoint: int | None, config: GenerateConfig
@@ -305,14 +316,16 @@ def run_sequence(
     setup: dict[str, object],
     resume: bool = False,
     log: Log = print,
+    identity: IdentityEncoder | None = None,
 ) -> dict[str, MethodResult]:
-    """Run every method of ``config`` on the sequence; returns results by method name."""
+    """Run every method of ``config`` on the sequence; returns results by method name. IA uses
+    ``identity``'s features (the CLIP's image tower's without one)."""
     if len(concepts) > len(base.slot_token_ids):
         raise ValueError(
             f"the base holds {len(base.slot_token_ids)} concept slots; asked for {len(concepts)}."
         )
     config.check()
-    evaluator = Evaluator(base, clip, concepts, config)
+    evaluator = Evaluator(base, clip, concepts, config, identity)
     for i, concept in enumerate(concepts):
         path = out / REFERENCE.format(i=i)
         path.parent.mkdir(parents=True, exist_ok=True)
