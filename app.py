@@ -7,7 +7,7 @@ from lifelong.base import get_base
 from lifelong.generate import GenerateConfig
 from lifelong.learner import LearnConfig
 from lifelong.methods import DEFAULT_METHOD
-from lifelong.service import Studio, default_scorer
+from lifelong.service import SESSION_MAX_AGE_S, Studio, default_scorer
 from lifelong.ui_forms import Form
 
 MAIN_SETTINGS = ("negative_prompt", "seed", "steps", "guidance_scale", "num_images", "icgen_strength")
@@ -23,13 +23,21 @@ FORGETTING_NOTE = """For every earlier concept: the image right after it was lea
 prompt and seed (the Generate tab's settings). IA is the mean CLIP similarity to the concept's own images."""
 
 
+def default_studio() -> Studio:
+    """The bundled base model (or $LIFELONG_BASE_MODEL), compiling in the background, with the eval CLIP."""
+    scorer, why = default_scorer()
+    studio = Studio(get_base(), scorer=scorer, scorer_note=why)
+    studio.warm_up()
+    return studio
+
+
 def create_app(studio: Studio | None = None) -> gr.Blocks:
-    """The whole app on ``studio`` (default: the bundled base model or $LIFELONG_BASE_MODEL)."""
-    if studio is None:
-        scorer, why = default_scorer()
-        studio = Studio(get_base(), scorer=scorer, scorer_note=why)
-        studio.warm_up()
-    with gr.Blocks(title="Lifelong Studio") as demo:
+    """The whole app on ``studio`` (default: ``default_studio()``)."""
+    studio = studio or default_studio()
+    # uploads no event ever saw (sent straight to the upload route) age out of Gradio's cache as unused
+    # workspaces do; everything an event saw goes with its session (lifelong.ui_files)
+    cache_sweep = (3600, SESSION_MAX_AGE_S)
+    with gr.Blocks(title="Lifelong Studio", delete_cache=cache_sweep) as demo:
         gr.Markdown(DESCRIPTION)
         with gr.Tabs():
             with gr.Tab("Learn"), gr.Row():
@@ -110,7 +118,9 @@ def create_app(studio: Studio | None = None) -> gr.Blocks:
                     maps = gr.Gallery(label="Attention maps", columns=4, format="png", visible=False)
             with gr.Tab("Forgetting"):
                 gr.Markdown(FORGETTING_NOTE)
-                compare_button = gr.Button("Regenerate comparison", variant="primary")
+                with gr.Row():
+                    compare_button = gr.Button("Regenerate comparison", variant="primary")
+                    compare_cancel = gr.Button("Cancel", variant="stop")
                 forgetting_note = gr.Markdown()
                 pairs = gr.Gallery(
                     label="Right after learning | now", columns=2, format="png", interactive=False
@@ -139,18 +149,23 @@ def create_app(studio: Studio | None = None) -> gr.Blocks:
         method.change(
             ui.method_changed, method, [method_help, learn_form.component("settings")], api_name=False
         )
-        learn_button.click(handlers.learn, handlers.learn_inputs, shown, api_name="learn", **gpu)
+        # each job is first noted as submitted, at the click, so a Cancel reaches it while it still queues
+        queued = {"queue": False, "api_name": False}
+        learn_button.click(handlers.learn_queued, None, None, **queued).then(
+            handlers.learn, handlers.learn_inputs, shown, api_name="learn", **gpu
+        )
         if example_list:
-            examples.load_input_event.then(
+            examples.load_input_event.then(handlers.learn_queued, None, None, **queued).then(
                 handlers.learn, handlers.learn_inputs, shown, api_name=False, **gpu
             )
         cancel_button.click(handlers.cancel, None, None, api_name="cancel", concurrency_limit=None)
+        compare_cancel.click(handlers.cancel, None, None, api_name=False, concurrency_limit=None)
         chips.click(ui.insert_token, [chips, prompt], prompt, api_name=False)
         generate_button.click(
             handlers.generate, handlers.generate_inputs, [generated, maps], api_name="generate", **gpu
         )
         prompt.submit(handlers.generate, handlers.generate_inputs, [generated, maps], api_name=False, **gpu)
-        compare_button.click(
+        compare_button.click(handlers.forgetting_queued, None, None, **queued).then(
             handlers.forgetting,
             handlers.generate_inputs,
             [pairs, matrix, forgetting_note],
@@ -166,4 +181,5 @@ def create_app(studio: Studio | None = None) -> gr.Blocks:
 
 
 if __name__ == "__main__":
-    create_app().launch()
+    studio = default_studio()
+    create_app(studio).launch(max_file_size=ui.max_upload_bytes(studio.base))

@@ -101,7 +101,12 @@ def _base_weights(base: BaseModel) -> dict[str, torch.Tensor]:
 
 @contextmanager
 def use_state(base: BaseModel, state: ModelState) -> Iterator[None]:
-    """Write ``state`` into the shared base for the block (holding the base's lock), then restore it."""
+    """Write ``state`` into the shared base for the block (holding the base's lock), then restore it.
+
+    Every slot's embedding row starts from the base's own (``pristine_rows``), not from whatever the last
+    job left, and the rows found are put back exactly afterwards: a slot no concept of this state fills
+    reads as the untrained base row, whoever used it before.
+    """
     with base.lock:
         pristine = _base_weights(base)
         unet = base.pipe.unet
@@ -109,11 +114,16 @@ def use_state(base: BaseModel, state: ModelState) -> Iterator[None]:
         unknown = set(state.weight_deltas) - set(pristine)
         if unknown:
             raise ValueError(f"state names modules this base does not have: {sorted(unknown)[:3]}")
+        if not set(state.embeddings) <= set(base.slot_token_ids):
+            raise ValueError("state writes embedding rows that are not concept slots")
+        slots = torch.tensor(base.slot_token_ids, device=table.device)
+        found = table[slots].detach().clone()
         try:
             with torch.no_grad():
                 for name, delta in state.weight_deltas.items():
                     weight = unet.get_submodule(name).weight
                     weight.copy_((pristine[name].float() + delta.to(weight.device)).to(weight.dtype))
+                table[slots] = base.pristine_rows.to(table.device)
                 for token_id, vector in state.embeddings.items():
                     table[token_id] = vector.to(table.device, table.dtype)
             yield
@@ -121,6 +131,7 @@ def use_state(base: BaseModel, state: ModelState) -> Iterator[None]:
             with torch.no_grad():
                 for name in state.weight_deltas:
                     unet.get_submodule(name).weight.copy_(pristine[name])
+                table[slots] = found
 
 
 class _AddDelta(nn.Module):

@@ -43,3 +43,7 @@ class SessionFullError(LifelongError):
 
 class Cancelled(LifelongError):
     """Learning was cancelled; the session is as it was before."""
+
+
+class LimitError(LifelongError):
+    """A request asks for more than this app allows (a setting's range, a size, the compute budget)."""

@@ -19,6 +19,7 @@ from lifelong.base import BaseModel
 from lifelong.concepts import Session
 from lifelong.encoding import decode, encode_text
 from lifelong.errors import InvalidPromptError
+from lifelong.limits import check_generate
 from lifelong.progress import Progress, ProgressFn
 
 MAX_IMAGES = 16
@@ -49,7 +50,7 @@ class GenerateConfig:
 
 
 def _check(prompt: str, config: GenerateConfig) -> None:
-    if not prompt or not prompt.strip():
+    if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidPromptError("Write a prompt, e.g. 'a <rex> on a blue background'.")
     if not 1 <= config.num_images <= MAX_IMAGES:
         raise InvalidPromptError(f"Ask for 1 to {MAX_IMAGES} images at a time.")
@@ -57,8 +58,10 @@ def _check(prompt: str, config: GenerateConfig) -> None:
         raise InvalidPromptError("Use between 1 and 200 sampling steps.")
     if not 0.0 < config.icgen_strength <= 1.0:
         raise InvalidPromptError("icgen_strength must be in (0, 1]; 1 means plain text-to-image.")
-    if config.icgen_context != "mean" and not config.icgen_context.isdigit():
+    index = config.icgen_context
+    if index != "mean" and not (index.isascii() and index.isdigit() and len(index) <= 3):
         raise InvalidPromptError("icgen_context is 'mean' or the index of a context image, e.g. 0.")
+    check_generate(config)
 
 
 def initial_noise(base: BaseModel, seeds: list[int]) -> torch.Tensor:
@@ -168,7 +171,7 @@ def generate(
     _check(prompt, config)
     k = session.resolve(checkpoint)
     text = session.rewrite_prompt(prompt, k)
-    negative = session.rewrite_prompt(config.negative_prompt, k)
+    negative = session.rewrite_prompt(config.negative_prompt, k, "the negative prompt")
     seeds = [config.seed + i for i in range(config.num_images)]
     context = vision_context(session, prompt, k, config.icgen_context) if config.icgen_strength < 1 else None
     with use_state(base, session.state(k, base.slot_token_ids, prompt)), torch.no_grad():

@@ -26,8 +26,10 @@ from lifelong.concepts import Concept, Session
 from lifelong.encoding import encode_images, encode_text, tokenize
 from lifelong.errors import Cancelled, DuplicateConceptError, SessionFullError
 from lifelong.intake import ImageSource, load_images, square, validate_class_word, validate_name
+from lifelong.limits import check_learn
 from lifelong.methods import DEFAULT_METHOD, AfterLearnContext, BuildContext, get_method
 from lifelong.progress import CancelToken, Progress, ProgressFn
+from lifelong.prompts import fill_template
 
 
 @dataclass
@@ -160,6 +162,7 @@ def learn(
     The method (``config.method``, with ``config.settings``) adds its regularisers to ``regularizers``.
     """
     config = config or LearnConfig()
+    check_learn(config)
     method = get_method(config.method)
     settings = method.resolve(config.settings)
     name, class_word = validate_name(name), validate_class_word(class_word)
@@ -175,7 +178,7 @@ def learn(
     rng = random.Random(config.seed)
     generator = torch.Generator(device=base.device).manual_seed(config.seed)
     token_id = base.slot_token_ids[slot]
-    prompt = " ".join(config.prompt_template.format(token=slot_token(slot), class_word=class_word).split())
+    prompt = fill_template(config.prompt_template, slot_token(slot), class_word)
     # every concept learns on top of the stacked concepts before it (routed ones are off without a prompt
     # naming them), with every earlier token's embedding; this state is also the distillation teacher
     state = session.state(slot, base.slot_token_ids)
@@ -266,7 +269,7 @@ def learn(
         method=method.name,
         images=[],
         checkpoint="",
-        prompts=[config.prompt_template.format(token=f"<{name}>", class_word=class_word)],
+        prompts=[fill_template(config.prompt_template, f"<{name}>", class_word)],
         settings={**asdict(config), "settings": settings},
         stacked=method.stack,
         seconds=round(time.perf_counter() - started, 3),

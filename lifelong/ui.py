@@ -3,8 +3,10 @@
 ``app.py`` builds the layout and wires these. Every handler turns a :class:`~lifelong.errors.LifelongError`
 into a ``gr.Error`` with its message, so a user reads what to do and never a traceback. The jobs that use
 the model run under ``@spaces.GPU`` (a no-op off a ZeroGPU Space) with a duration computed from their
-settings; what crosses into them is plain data (strings, paths, config dataclasses), and they find the
-model through ``_STUDIOS``, which a ZeroGPU worker inherits when it forks.
+settings by lifelong.limits, which also refuses a job over the app's budget before it waits for the GPU;
+what crosses into them is plain data (strings, paths, config dataclasses), and they find the model through
+``_STUDIOS``, which a ZeroGPU worker inherits when it forks. Every file shown to a user is written to the
+session's own folder of Gradio's cache (lifelong.ui_files), removed when the session ends.
 """
 
 from __future__ import annotations
@@ -23,21 +25,25 @@ import gradio as gr
 import spaces
 from PIL import Image
 
-from lifelong.base import REPO_ROOT
+from lifelong.base import REPO_ROOT, BaseModel
+from lifelong.concepts import max_session_bytes
 from lifelong.errors import Cancelled, LifelongError
 from lifelong.generate import GenerateConfig
-from lifelong.intake import load_images
+from lifelong.intake import MAX_IMAGES, load_images
 from lifelong.learner import LearnConfig
+from lifelong.limits import generate_seconds, learn_seconds
 from lifelong.methods import DEFAULT_METHOD, METHODS, get_method
 from lifelong.progress import Progress
-from lifelong.service import ForgettingReport, Studio, upload_notes
+from lifelong.service import SESSION_MAX_AGE_S, ForgettingReport, Studio, upload_notes
+from lifelong.signature import BaseSignature
+from lifelong.ui_files import SessionFiles
 from lifelong.ui_forms import Form
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 EXAMPLES_DIR = REPO_ROOT / "assets" / "concepts"
-GPU_SECONDS_PER_SAMPLE = 0.08  # one training sample (or one denoising step of one image) on a Space GPU
+MAX_IMAGE_UPLOAD_BYTES = 50 << 20  # a 100-megapixel JPEG or WebP fits
 _STUDIOS: dict[str, Studio] = {}
 TRACKER = gr.Progress()  # the default that tells Gradio to pass a progress tracker to a handler
 
@@ -75,6 +81,13 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
             ) from None
 
     return wrapper
+
+
+def max_upload_bytes(base: BaseModel) -> int:
+    """Gradio's upload limit: the largest image we take, or the largest session file for this base."""
+    slots = len(base.slot_token_ids)
+    session = max_session_bytes(BaseSignature.of(base), slots) + (1 + slots * (MAX_IMAGES + 1)) * 1024
+    return max(MAX_IMAGE_UPLOAD_BYTES, session)
 
 
 def _paths(gallery: Sequence[Any] | None) -> list[str]:
@@ -144,15 +157,15 @@ def method_changed(name: str) -> tuple[str, str]:
     return method_help(name), "\n".join(f"{key}={setting.default}" for key, setting in settings.items())
 
 
-def timeline_view(studio: Studio, user: str) -> list[tuple[str, str]]:
-    return [(str(entry.thumbnail), entry.caption) for entry in studio.timeline(user)]
+def timeline_view(studio: Studio, files: SessionFiles, user: str) -> list[tuple[str, str]]:
+    return [(files.copy(user, entry.thumbnail), entry.caption) for entry in studio.timeline(user)]
 
 
 def chips_view(studio: Studio, user: str) -> gr.Dataset:
     return gr.Dataset(samples=[[token] for token in studio.tokens(user)])
 
 
-def refresh(studio: Studio, user: str) -> tuple[list[tuple[str, str]], gr.Dataset, str]:
+def refresh(studio: Studio, files: SessionFiles, user: str) -> tuple[list[tuple[str, str]], gr.Dataset, str]:
     timeline = studio.timeline(user)
     status = (
         f"This session holds {len(timeline)} concept(s): "
@@ -161,7 +174,7 @@ def refresh(studio: Studio, user: str) -> tuple[list[tuple[str, str]], gr.Datase
         if timeline
         else "No concepts yet: upload 3–5 images (or click an example) and press **Learn concept**."
     )
-    return timeline_view(studio, user), chips_view(studio, user), status
+    return timeline_view(studio, files, user), chips_view(studio, user), status
 
 
 def heatmap(report: ForgettingReport) -> Image.Image | None:
@@ -203,8 +216,7 @@ def _learn_duration(
     progress: gr.Progress,
 ) -> int:
     """Seconds to ask ZeroGPU for (spaces calls it with the job's own arguments)."""
-    samples = config.steps * config.batch_size * max(1, config.gradient_accumulation)
-    return int(30 + samples * GPU_SECONDS_PER_SAMPLE)
+    return int(learn_seconds(config))
 
 
 @spaces.GPU(duration=_learn_duration)
@@ -224,8 +236,7 @@ def learn_job(
 def _generate_duration(
     key: str, user: str, prompt: str, config: GenerateConfig, maps: bool, progress: gr.Progress
 ) -> int:
-    guided = config.attention_steps if config.caa or config.oaa else 0  # guided steps run the UNet twice
-    return int(15 + 2 * (config.steps + guided) * config.num_images * GPU_SECONDS_PER_SAMPLE)
+    return int(generate_seconds(config))
 
 
 @spaces.GPU(duration=_generate_duration)
@@ -239,9 +250,7 @@ def generate_job(
 
 
 def _forgetting_duration(key: str, user: str, config: GenerateConfig, progress: gr.Progress) -> int:
-    count = len(_STUDIOS[key].session(user).concepts)
-    generations = count * (count + 1) // 2
-    return int(15 + 2 * generations * config.steps * config.num_images * GPU_SECONDS_PER_SAMPLE)
+    return int(generate_seconds(config, _STUDIOS[key].forgetting_generations(user)))
 
 
 @spaces.GPU(duration=_forgetting_duration)
@@ -286,6 +295,7 @@ class Handlers:
         show_maps: gr.Checkbox,
     ) -> None:
         self.studio = studio
+        self.files = SessionFiles(keep=EXAMPLES_DIR.rglob("*.png"))
         self.key = register(studio)
         self.images, self.name, self.class_word, self.method = images, name, class_word, method
         self.learn_form, self.prompt, self.generate_form = learn_form, prompt, generate_form
@@ -299,19 +309,38 @@ class Handlers:
     def generate_inputs(self) -> set[gr.components.Component]:
         return {self.prompt, self.show_maps, *self.generate_form.components}
 
+    def _user(self, request: gr.Request) -> str:
+        """The session's id, refused (a typed error) unless it is a plain token."""
+        return self.studio.folder(request.session_hash).name
+
     @user_errors
     def load(self, request: gr.Request) -> tuple[list[tuple[str, str]], gr.Dataset, str]:
-        self.studio.sweep()
-        return refresh(self.studio, request.session_hash)
+        for user in self.studio.sweep():
+            self.files.drop(user)
+        self.files.sweep(SESSION_MAX_AGE_S)
+        return refresh(self.studio, self.files, self._user(request))
 
     def unload(self, request: gr.Request) -> None:
-        self.studio.drop(request.session_hash)
+        """The tab closed: its workspace and everything it left in Gradio's cache go."""
+        user = self._user(request)
+        self.studio.drop(user)
+        self.files.drop(user)
 
-    def check_images(self, images: list[Any] | None) -> None:
+    @user_errors
+    def learn_queued(self, request: gr.Request) -> None:
+        """Runs at the click, before the learn waits in the queue: a Cancel from now on stops it."""
+        self.studio.submit(self._user(request), "learn")
+
+    @user_errors
+    def forgetting_queued(self, request: gr.Request) -> None:
+        self.studio.submit(self._user(request), "forgetting")
+
+    def check_images(self, images: list[Any] | None, request: gr.Request) -> None:
         """Warn right after an upload about anything that will not work or will be changed."""
         paths = _paths(images)
         if not paths:
             return
+        self.files.note_uploads(self._user(request), paths)
         try:
             load_images(paths, self.studio.base.resolution)
         except LifelongError as error:
@@ -324,9 +353,10 @@ class Handlers:
     def learn(
         self, data: dict[Any, Any], request: gr.Request, progress: gr.Progress = TRACKER
     ) -> tuple[list[tuple[str, str]], gr.Dataset, str]:
-        user = request.session_hash
+        user = self._user(request)
         paths = _paths(data[self.images])
         config = self.learn_form.parse_dict(data, method=data[self.method] or DEFAULT_METHOD)
+        self.studio.check_learn(config)
         for note in upload_notes(paths):
             gr.Warning(shown(note))
         try:
@@ -335,38 +365,51 @@ class Handlers:
             )
         except Cancelled as error:
             gr.Warning(shown(str(error)))
-            timeline, chips, status = refresh(self.studio, user)
+            timeline, chips, status = refresh(self.studio, self.files, user)
             return timeline, chips, shown(f"Cancelled: {error}")
-        timeline, chips, status = refresh(self.studio, user)
+        timeline, chips, status = refresh(self.studio, self.files, user)
         return timeline, chips, f"{message} {status}"
 
+    @user_errors
     def cancel(self, request: gr.Request) -> None:
-        self.studio.cancel(request.session_hash)
-        gr.Info("Cancelling: learning stops after the current step.")
+        self.studio.cancel(self._user(request))
+        gr.Info("Cancelling: your queued or running job stops after its current step.")
 
     @user_errors
     def generate(
         self, data: dict[Any, Any], request: gr.Request, progress: gr.Progress = TRACKER
     ) -> tuple[list[Image.Image], gr.Gallery]:
+        user = self._user(request)
         config = self.generate_form.parse_dict(data)
+        self.studio.check_generate(config)
         maps = bool(data[self.show_maps])
-        images, overlays = generate_job(
-            self.key, request.session_hash, data[self.prompt], config, maps, progress
+        images, overlays = generate_job(self.key, user, data[self.prompt], config, maps, progress)
+        shown_overlays = [(self.files.image(user, overlay), caption) for overlay, caption in overlays]
+        return [self.files.image(user, image) for image in images], gr.Gallery(
+            value=shown_overlays, visible=maps
         )
-        return images, gr.Gallery(value=overlays, visible=maps)
 
     @user_errors
     def forgetting(
         self, data: dict[Any, Any], request: gr.Request, progress: gr.Progress = TRACKER
-    ) -> tuple[list[tuple[Image.Image, str]], Image.Image | None, str]:
+    ) -> tuple[list[tuple[str, str]], str | None, str]:
+        user = self._user(request)
         config = self.generate_form.parse_dict(data)
-        return forgetting_view(forgetting_job(self.key, request.session_hash, config, progress))
+        self.studio.check_forgetting(user, config)
+        try:
+            pairs, matrix, note = forgetting_view(forgetting_job(self.key, user, config, progress))
+        except Cancelled as error:
+            gr.Warning(shown(str(error)))
+            return [], None, shown(f"Cancelled: {error}")
+        shown_pairs = [(self.files.image(user, image), caption) for image, caption in pairs]
+        return shown_pairs, None if matrix is None else self.files.image(user, matrix), note
 
     @user_errors
     def export(self, request: gr.Request) -> str:
-        path = self.studio.export(request.session_hash)
+        user = self._user(request)
+        path = self.files.move(user, self.studio.export(user))
         gr.Info("Exported: keep this file. Importing it restores the session, also after a server restart.")
-        return str(path)
+        return path
 
     @user_errors
     def import_file(
@@ -374,9 +417,11 @@ class Handlers:
     ) -> tuple[list[tuple[str, str]], gr.Dataset, str]:
         if not file:
             raise gr.Error("Choose an exported session file (.zip) to import.")
-        session = self.studio.import_file(request.session_hash, file)
+        user = self._user(request)
+        self.files.note_uploads(user, [file])
+        session = self.studio.import_file(user, file)
         gr.Info(f"Imported {len(session.concepts)} concept(s).")
-        return refresh(self.studio, request.session_hash)
+        return refresh(self.studio, self.files, user)
 
     def ask_reset(self, request: gr.Request) -> tuple[dict[str, Any], str]:
         """Reset deletes what a user would hate to lose: say what goes and ask first (shows the row)."""
@@ -391,8 +436,9 @@ class Handlers:
 
     @user_errors
     def reset(self, request: gr.Request) -> tuple[list[tuple[str, str]], gr.Dataset, str, dict[str, Any]]:
-        self.studio.reset(request.session_hash)
-        return (*refresh(self.studio, request.session_hash), gr.update(visible=False))
+        user = self._user(request)
+        self.studio.reset(user)
+        return (*refresh(self.studio, self.files, user), gr.update(visible=False))
 
 
 def hidden() -> dict[str, Any]:
