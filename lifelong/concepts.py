@@ -22,7 +22,7 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -45,12 +45,11 @@ from lifelong.manifest import (
     concept_files,
     image_file,
 )
-from lifelong.prompts import check_prompt
+from lifelong.prompts import TOKEN_PATTERN, check_prompt
 from lifelong.signature import BaseSignature, Shaped
 
 CHECKPOINT_FORMAT = "lifelong-concept"
 MANIFEST = "manifest.json"
-TOKEN_PATTERN = re.compile(r"<([a-z0-9][a-z0-9_-]{0,31})>")
 SESSION_FILE = "the session file"  # how messages name an imported file: never by its path on this server
 
 
@@ -342,7 +341,8 @@ class Session:
             unlisted = sorted(set(archive.members) - set(limits))
             if unlisted:
                 raise SessionFormatError(
-                    f"{SESSION_FILE} holds a file its manifest does not list ({brief(unlisted[0])}); "
+                    f"{SESSION_FILE} holds a file its manifest does not list "
+                    f"({brief(PurePosixPath(unlisted[0]).name)}); "
                     "refusing to import it."
                 )
             absent = [name for name in limits if name not in archive.members]
@@ -384,7 +384,9 @@ def _check_image(path: Path, side: int, name: str) -> None:
             fits = image.format == "PNG" and image.size == (side, side)
             if fits:
                 image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError:
+        fits = False  # a header claiming hundreds of megapixels: not one of ours either
+    except (OSError, SyntaxError, ValueError) as error:
         raise SessionFormatError(f"an image of <{name}> in {SESSION_FILE} is damaged.") from error
     if not fits:
         raise SessionFormatError(f"an image of <{name}> in {SESSION_FILE} is not a {side}×{side} px PNG.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import unicodedata
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +35,9 @@ def _open(source: ImageSource, label: str) -> Image.Image:
     except OSError as error:
         raise InvalidImageError(f"{label}: cannot read the file ({error.strerror}).") from error
     try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
+        with warnings.catch_warnings():  # Pillow's warning between its limit and twice it: ours refuses
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only
         if image.format not in ALLOWED_FORMATS:
             raise InvalidImageError(
                 f"{label}: {image.format} images are not supported; use JPEG, PNG or WebP."

@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lifelong.errors import InvalidPromptError, SessionFormatError
+from lifelong.errors import InvalidConceptNameError, InvalidPromptError, SessionFormatError
 from lifelong.intake import MAX_IMAGES, NAME_PATTERN, validate_class_word
-from lifelong.prompts import check_prompt
+from lifelong.prompts import TOKEN_PATTERN, check_prompt
 
 FORMAT = "lifelong-session"
 VERSION = 1
@@ -67,6 +67,15 @@ def check_manifest(data: Any, max_concepts: int | None = None) -> tuple[str, lis
     entries: list[dict[str, Any]] = []
     for index, item in enumerate(concepts, start=1):
         entries.append(_check_concept(item, index, [entry["name"] for entry in entries]))
+    for entry in entries:  # a concept's prompts are used at its own checkpoint: they name it or earlier ones
+        known = [other["name"] for other in entries[: entries.index(entry) + 1]]
+        for prompt in entry["prompts"]:
+            named = [name for name in TOKEN_PATTERN.findall(prompt) if name not in known]
+            if named:
+                raise SessionFormatError(
+                    f"a prompt of <{entry['name']}> in the manifest names <{named[0]}>, which is not "
+                    "learned before it."
+                )
     return base_model, entries
 
 
@@ -85,7 +94,11 @@ def _check_concept(item: Any, index: int, earlier: list[str]) -> dict[str, Any]:
         raise SessionFormatError(f"the manifest names <{name}> twice.")
     where = f"<{name}> in the manifest"
     class_word = _text(item["class_word"], f"the class word of {where}", 40)
-    if validate_class_word(class_word) != class_word:
+    try:
+        plain = validate_class_word(class_word) == class_word
+    except InvalidConceptNameError:
+        plain = False
+    if not plain:
         raise SessionFormatError(f"{where} has a class word that is not a plain word.")
     method = _text(item["method"], f"the method of {where}", 100)
     images = _list(item["images"], f"the images of {where}", 1, MAX_IMAGES)

@@ -14,6 +14,7 @@ import unicodedata
 
 from lifelong.errors import InvalidPromptError
 
+TOKEN_PATTERN = re.compile(r"<([a-z0-9][a-z0-9_-]{0,31})>")  # a concept as users write it: <name>
 MAX_PROMPT_CHARS = 1000  # far beyond what the text encoder reads (77 tokens); bounds tokenizer work
 MAX_TEMPLATE_CHARS = 200
 _FIELDS = re.compile(r"\{(token|class_word)\}")
@@ -46,11 +47,11 @@ def check_template(template: str) -> str:
         raise InvalidPromptError("The prompt template is empty; use e.g. 'a {token} {class_word}'.")
     if len(template) > MAX_TEMPLATE_CHARS:
         raise InvalidPromptError(f"The prompt template is too long; use at most {MAX_TEMPLATE_CHARS} characters.")
-    if "{token}" not in template:
-        raise InvalidPromptError("The prompt template must contain {token}, e.g. 'a {token} {class_word}'.")
     rest = _FIELDS.sub("", template)
     if "{" in rest or "}" in rest:
         raise InvalidPromptError("The prompt template may use only {token} and {class_word} in braces.")
+    if "{token}" not in template:
+        raise InvalidPromptError("The prompt template must contain {token}, e.g. 'a {token} {class_word}'.")
     if any(c in rest for c in "<>|"):
         raise InvalidPromptError("The prompt template cannot contain <, > or |; write the concept as {token}.")
     return check_prompt(template, "the prompt template")

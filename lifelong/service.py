@@ -30,7 +30,7 @@ from lifelong.files import atomic_write
 from lifelong.generate import GenerateConfig, generate, warm_up
 from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource
 from lifelong.learner import LearnConfig, learn
-from lifelong.limits import Budget, generate_seconds, learn_seconds
+from lifelong.limits import Budget, check_learn, generate_seconds, learn_seconds
 from lifelong.metrics import EvalClip, image_alignment, image_features
 from lifelong.progress import Progress, ProgressFn
 
@@ -290,7 +290,9 @@ class Studio:
             ).concept
 
     def check_learn(self, config: LearnConfig) -> None:
-        """Refuse a learn whose expected seconds exceed the budget, before it waits for the GPU."""
+        """Refuse a learn whose settings are out of range or whose expected seconds exceed the budget,
+        before it waits for the GPU."""
+        check_learn(config)
         self.budget.check(
             learn_seconds(config),
             f"Learning {config.steps} steps at batch size {config.batch_size}",

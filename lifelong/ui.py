@@ -356,6 +356,7 @@ class Handlers:
         user = self._user(request)
         paths = _paths(data[self.images])
         config = self.learn_form.parse_dict(data, method=data[self.method] or DEFAULT_METHOD)
+        self.files.note_uploads(user, paths)
         self.studio.check_learn(config)
         for note in upload_notes(paths):
             gr.Warning(shown(note))
