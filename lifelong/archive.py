@@ -42,18 +42,22 @@ class Archive:
         self._zip = handle
         members = handle.infolist()
         if len(members) > max_members:
-            raise SessionFormatError(f"{label} holds {len(members)} files; a session has at most {max_members}.")
+            raise SessionFormatError(
+                f"{label} holds {len(members)} files; a session has at most {max_members}."
+            )
         self.members: dict[str, zipfile.ZipInfo] = {}
         for member in members:
             if member.filename in self.members:
                 raise SessionFormatError(f"{label} holds the same file name twice; it was altered.")
             self.members[member.filename] = member
 
-    def check_sizes(self, limits: dict[str, int], max_total: int) -> None:
+    def check_sizes(self, limits: dict[str, int], max_total: float) -> None:
         """Refuse from the headers alone: a member over its own limit, or all of them over the total."""
         for name, limit in limits.items():
             if self.members[name].file_size > limit:
-                raise SessionFormatError(f"{self.label}: one of its files is larger than a session file can hold.")
+                raise SessionFormatError(
+                    f"{self.label}: one of its files is larger than a session file can hold."
+                )
         if sum(member.file_size for member in self.members.values()) > max_total:
             raise SessionFormatError(f"{self.label} is larger than a session of this app can be.")
 
@@ -72,7 +76,9 @@ class Archive:
             while chunk := source.read(min(_CHUNK, limit + 1 - written)):
                 written += len(chunk)
                 if written > limit:
-                    raise SessionFormatError(f"{self.label}: one of its files is larger than its header says.")
+                    raise SessionFormatError(
+                        f"{self.label}: one of its files is larger than its header says."
+                    )
                 sink.write(chunk)
 
     @contextmanager
@@ -91,7 +97,9 @@ def open_archive(path: Path, label: str, max_members: int) -> Iterator[Archive]:
     try:
         handle = zipfile.ZipFile(path)
     except ZIP_ERRORS as error:
-        raise SessionFormatError(f"{label} is not an exported Lifelong Studio session (not a zip file).") from error
+        raise SessionFormatError(
+            f"{label} is not an exported Lifelong Studio session (not a zip file)."
+        ) from error
     with handle:
         yield Archive(handle, label, max_members)
 

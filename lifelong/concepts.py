@@ -373,7 +373,9 @@ def _read_manifest(archive: Archive, slots: int) -> tuple[str, list[dict[str, An
     if MANIFEST not in archive.members:
         raise SessionFormatError(f"{SESSION_FILE} is not an exported Lifelong Studio session (no manifest).")
     archive.check_sizes({MANIFEST: MAX_MANIFEST_BYTES}, max_total=math.inf)
-    data = parse_json(archive.read(MANIFEST, MAX_MANIFEST_BYTES), f"the manifest of {SESSION_FILE}", MAX_DEPTH)
+    data = parse_json(
+        archive.read(MANIFEST, MAX_MANIFEST_BYTES), f"the manifest of {SESSION_FILE}", MAX_DEPTH
+    )
     return check_manifest(data, max_concepts=slots)
 
 
@@ -390,4 +392,3 @@ def _check_image(path: Path, side: int, name: str) -> None:
         raise SessionFormatError(f"an image of <{name}> in {SESSION_FILE} is damaged.") from error
     if not fits:
         raise SessionFormatError(f"an image of <{name}> in {SESSION_FILE} is not a {side}×{side} px PNG.")
-

@@ -187,7 +187,14 @@ def _number(value: Any, what: str, finite: bool) -> float:
 
 def _kind(value: Any) -> str:
     """How a JSON value reads in a message: its type and a short excerpt."""
-    names = {bool: "true/false", int: "a number", float: "a number", str: "text", list: "a list", dict: "a table"}
+    names = {
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        str: "text",
+        list: "a list",
+        dict: "a table",
+    }
     if value is None:
         return "empty (null)"
     return f"{names.get(type(value), type(value).__name__)} {_short(value)}"

@@ -35,9 +35,7 @@ def check_prompt(text: str, what: str = "the prompt") -> str:
         raise InvalidPromptError(f"{what} is {len(text)} characters long; use at most {MAX_PROMPT_CHARS}.")
     folded = _folded(text)
     if "<|" in folded or "|>" in folded:
-        raise InvalidPromptError(
-            f"{what} contains a reserved '<|…|>' token; write your concepts as <name>."
-        )
+        raise InvalidPromptError(f"{what} contains a reserved '<|…|>' token; write your concepts as <name>.")
     return text
 
 
@@ -46,14 +44,18 @@ def check_template(template: str) -> str:
     if not isinstance(template, str) or not template.strip():
         raise InvalidPromptError("The prompt template is empty; use e.g. 'a {token} {class_word}'.")
     if len(template) > MAX_TEMPLATE_CHARS:
-        raise InvalidPromptError(f"The prompt template is too long; use at most {MAX_TEMPLATE_CHARS} characters.")
+        raise InvalidPromptError(
+            f"The prompt template is too long; use at most {MAX_TEMPLATE_CHARS} characters."
+        )
     rest = _FIELDS.sub("", template)
     if "{" in rest or "}" in rest:
         raise InvalidPromptError("The prompt template may use only {token} and {class_word} in braces.")
     if "{token}" not in template:
         raise InvalidPromptError("The prompt template must contain {token}, e.g. 'a {token} {class_word}'.")
     if any(c in rest for c in "<>|"):
-        raise InvalidPromptError("The prompt template cannot contain <, > or |; write the concept as {token}.")
+        raise InvalidPromptError(
+            "The prompt template cannot contain <, > or |; write the concept as {token}."
+        )
     return check_prompt(template, "the prompt template")
 
 

@@ -150,7 +150,12 @@ class CancelFlag:
 
 
 def _write_time(path: Path) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(repr(time.time())))
+    now = repr(time.time())
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(now)
+
+    atomic_write(path, write)
 
 
 def _stamp(path: Path) -> tuple[int, int]:

@@ -45,12 +45,13 @@ class BaseSignature:
     @classmethod
     def of(cls, base: BaseModel) -> BaseSignature:
         unet = base.pipe.unet
-        modules = {
-            name: tuple(unet.get_submodule(name).weight.shape) for name in target_module_names(unet)
-        }
+        modules = {}
+        for name in target_module_names(unet):
+            out, inp = unet.get_submodule(name).weight.shape
+            modules[name] = (int(out), int(inp))
         width = int(base.pipe.text_encoder.get_input_embeddings().weight.shape[1])
         size = int(unet.config.sample_size)
-        return cls(modules, width, (int(unet.config.in_channels), size, size), base.resolution)  # type: ignore[arg-type]
+        return cls(modules, width, (int(unet.config.in_channels), size, size), base.resolution)
 
     # --- sizes ----------------------------------------------------------------------------------------
 
@@ -59,10 +60,9 @@ class BaseSignature:
         dense = sum(out * inp for out, inp in self.modules.values())
         lora = sum(MAX_LORA_RANK * (out + inp) for out, inp in self.modules.values())
         latent = math.prod(self.latent_shape)
-        extras = (
-            (MAX_CONTEXT_IMAGES + MAX_MEMORY_SAMPLES) * latent
-            + (MAX_MEMORY_SAMPLES + MAX_IMAGES) * MAX_FEATURE_WIDTH
-        )
+        extras = (MAX_CONTEXT_IMAGES + MAX_MEMORY_SAMPLES) * latent + (
+            MAX_MEMORY_SAMPLES + MAX_IMAGES
+        ) * MAX_FEATURE_WIDTH
         return 4 * (max(dense, lora) + self.embedding_width + extras) + HEADER_BYTES
 
     def max_image_bytes(self) -> int:
@@ -139,4 +139,3 @@ class BaseSignature:
 
 def _shape(shape: tuple[int, ...]) -> str:
     return "×".join(str(size) for size in shape) or "scalar"
-

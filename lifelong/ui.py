@@ -379,7 +379,7 @@ class Handlers:
     @user_errors
     def generate(
         self, data: dict[Any, Any], request: gr.Request, progress: gr.Progress = TRACKER
-    ) -> tuple[list[Image.Image], gr.Gallery]:
+    ) -> tuple[list[str], gr.Gallery]:
         user = self._user(request)
         config = self.generate_form.parse_dict(data)
         self.studio.check_generate(config)

@@ -9,6 +9,7 @@ removes both with the session's workspace.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import shutil
@@ -85,10 +86,10 @@ class SessionFiles:
             uploads = self._uploads.pop(user, set())
         for path in uploads:
             path.unlink(missing_ok=True)
-            try:
-                path.parent.rmdir()  # Gradio keeps each upload in a folder of its own
-            except OSError:
-                pass  # not empty: the same content was uploaded under another name
+            # Gradio keeps each upload in a folder of its own; one still holding a file is another name
+            # for the same content, uploaded by someone else
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
         shutil.rmtree(self.folder(user), ignore_errors=True)
 
     def sweep(self, max_age_s: float) -> None:

@@ -31,6 +31,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from lifelong import concepts as concepts_module
+from lifelong import ui
 from lifelong.base import REPO_ROOT, slot_token
 from lifelong.concepts import Session
 from lifelong.encoding import tokenize
@@ -63,7 +64,9 @@ def exported(tiny_base, tmp_path_factory) -> bytes:
     """A real two-concept export (one kv, one with ICGen context), as bytes."""
     studio = Studio(tiny_base, root=tmp_path_factory.mktemp("source"))
     studio.learn("maker", pattern_images(), "rex", "dog", LEARN)
-    studio.learn("maker", pattern_images(seed=1), "mug", "toy", LearnConfig(method="icgen", steps=2, batch_size=2))
+    studio.learn(
+        "maker", pattern_images(seed=1), "mug", "toy", LearnConfig(method="icgen", steps=2, batch_size=2)
+    )
     return studio.export("maker").read_bytes()
 
 
@@ -119,7 +122,12 @@ def png_header(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 # --- the victim's session, which no refused file may touch ------------------------------------------------
@@ -191,7 +199,9 @@ def victim(tiny_base, tmp_path, monkeypatch, exported) -> Victim:
 # --- crafted session files --------------------------------------------------------------------------------
 
 
-def test_a_manifest_of_many_concepts_is_refused_before_any_checkpoint_is_opened(victim, exported, monkeypatch):
+def test_a_manifest_of_many_concepts_is_refused_before_any_checkpoint_is_opened(
+    victim, exported, monkeypatch
+):
     opened = []
     real = concepts_module.safe_open
     monkeypatch.setattr(concepts_module, "safe_open", lambda *a, **k: opened.append(a) or real(*a, **k))
@@ -226,7 +236,9 @@ def test_zip_bombs_and_extra_files_are_refused_from_the_headers(victim, exported
     victim.refuse(lying_sizes(exported, "concepts/rex/images/0.png", 10), "damaged")
     victim.refuse(lying_sizes(exported, "manifest.json", gib), "larger than")
     # an extra tensor inside a checkpoint, small or 1 GiB-shaped
-    victim.refuse(with_checkpoint(exported, lambda t: t.update({"extra.evil": torch.zeros(4)})), "does not use")
+    victim.refuse(
+        with_checkpoint(exported, lambda t: t.update({"extra.evil": torch.zeros(4)})), "does not use"
+    )
     victim.refuse(with_checkpoint(exported, lambda t: t.update({"junk": torch.zeros(3)})), "does not use")
     too_many = {**files, **{f"concepts/x{i}/images/0.png": b"" for i in range(200)}}
     victim.refuse(pack(too_many), "files")
@@ -266,7 +278,9 @@ def _write(victim: Victim, data: bytes) -> Path:
 def test_deep_or_broken_json_and_wrong_checkpoints_are_refused(victim, exported):
     files = members(exported)
     victim.refuse(pack({**files, "manifest.json": b"[" * 100_000}), "nested more than")
-    victim.refuse(pack({**files, "manifest.json": b'{"format": "lifelong-session", "format": 1}'}), "repeats a key")
+    victim.refuse(
+        pack({**files, "manifest.json": b'{"format": "lifelong-session", "format": 1}'}), "repeats a key"
+    )
     victim.refuse(pack({**files, "manifest.json": b"\xff\xfe"}), "not UTF-8")
     victim.refuse(pack({**files, "manifest.json": b"{" + b'"a":' * 10 + b"1"}), "not valid JSON")
     victim.refuse(pack({"manifest.json": b"{}"}), "not a Lifelong Studio session")
@@ -315,7 +329,9 @@ def test_a_valid_import_replaces_the_session_atomically_and_stores_no_server_pat
     files = {name: data for name, data in members(exported).items() if "/mug/" not in name}
     manifest = json.loads(files["manifest.json"])
     manifest["concepts"].pop()
-    victim.studio.import_file("vic", _write(victim, pack({**files, "manifest.json": json.dumps(manifest).encode()})))
+    victim.studio.import_file(
+        "vic", _write(victim, pack({**files, "manifest.json": json.dumps(manifest).encode()}))
+    )
     assert victim.studio.tokens("vic") == ["<rex>"]
     # a crash between the two renames of the swap: the next look at the session finishes or undoes it
     folder = victim.studio.folder("vic")
@@ -337,7 +353,9 @@ def test_no_concept_of_one_user_reaches_another_by_any_prompt(tiny_base, tmp_pat
     table = tiny_base.pipe.text_encoder.get_input_embeddings().weight
     slots = tiny_base.slot_token_ids
     before = np.asarray(studio.generate("bob", "a red dog", FAST)[0])
-    studio.learn("alice", pattern_images(), "secret", "dog", LearnConfig(method="finetune", steps=10, batch_size=2))
+    studio.learn(
+        "alice", pattern_images(), "secret", "dog", LearnConfig(method="finetune", steps=10, batch_size=2)
+    )
     studio.generate("alice", "a <secret> dog", FAST)
     assert torch.equal(table[slots], tiny_base.pristine_rows)  # what alice's job wrote is gone
     assert np.array_equal(np.asarray(studio.generate("bob", "a red dog", FAST)[0]), before)
@@ -481,8 +499,6 @@ def app(tiny_base, tmp_path_factory):
 
     sys.path.insert(0, str(REPO_ROOT))
     from app import create_app
-
-    from lifelong import ui
 
     studio = Studio(tiny_base, root=tmp_path_factory.mktemp("app-sessions"), budget=Budget(400))
     demo = create_app(studio)
