@@ -121,6 +121,8 @@ def validate_name(name: str) -> str:
     Upper case and surrounding spaces or angle brackets are forgiven; anything else is refused, so a name is
     always safe as a folder name and as a prompt token ``<name>``.
     """
+    if not isinstance(name, str | None):
+        raise InvalidConceptNameError("The concept name must be text, e.g. 'rex'.")
     cleaned = unicodedata.normalize("NFKC", name or "").strip().strip("<>").strip().lower()
     if not cleaned:
         raise InvalidConceptNameError("Give the concept a name, e.g. 'rex' (letters, digits, '-' or '_').")
@@ -134,6 +136,8 @@ def validate_name(name: str) -> str:
 
 def validate_class_word(word: str) -> str:
     """An optional class word ('dog'): plain words only, since it goes into training prompts."""
+    if not isinstance(word, str | None):
+        raise InvalidConceptNameError("The class word must be text, e.g. 'dog'.")
     cleaned = " ".join((word or "").split()).lower()
     if len(cleaned) > 40 or any(ch in cleaned for ch in "<>|{}"):
         raise InvalidConceptNameError(

@@ -419,6 +419,15 @@ def test_learn_requests_out_of_bounds_are_refused_before_anything_runs(tiny_base
     assert studio.tokens("u") == []
 
 
+@pytest.mark.parametrize(
+    ("name", "class_word"), [(5, "dog"), ("rex", ["dog"]), ("../x", "dog"), ("rex", "{0}")]
+)
+def test_names_and_class_words_of_the_wrong_kind_are_refused(tiny_base, tmp_path, name, class_word):
+    with pytest.raises(LifelongError) as caught:
+        Studio(tiny_base, root=tmp_path).learn("u", pattern_images(), name, class_word, LEARN)
+    assert_path_free(str(caught.value), tmp_path)
+
+
 def test_templates_are_filled_by_plain_substitution():
     assert fill_template("a {token}  {class_word} in {token}", "<x>", "dog") == "a <x> dog in <x>"
     assert fill_template("{token} {class_word}", "<x>", "{token}") == "<x> {token}"  # one pass only
