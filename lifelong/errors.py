@@ -42,7 +42,7 @@ class SessionFullError(LifelongError):
 
 
 class Cancelled(LifelongError):
-    """Learning was cancelled; the session is as it was before."""
+    """A job (a learn, a forgetting comparison) was cancelled; the session is as it was before."""
 
 
 class LimitError(LifelongError):
