@@ -1,8 +1,14 @@
 """What a concept changes in the frozen base, and how to train, store, compose and apply it.
 
-Trainable set (all methods): the UNet cross-attention K and V projections (Custom Diffusion), either as full
-fp32 increments ("kv", a torch parametrization W + ΔW) or as a peft LoRA on the same modules ("lora"), plus
-the concept's token embedding (a forward hook on the text encoder's embedding table).
+Trainable sets (``kind``), plus the concept's token embedding (a forward hook on the text encoder's
+embedding table) in every case:
+
+- ``"kv"``: full fp32 increments (a torch parametrization W + ΔW) on the UNet's cross-attention K and V
+  projections (Custom Diffusion);
+- ``"lora"``: a peft LoRA on the same K/V projections;
+- ``"lora-attn"``: a peft LoRA on every attention projection, q, k, v and out of self- and cross-attention
+  (what diffusers' DreamBooth-LoRA script and CIDM train on SD-1.5). K/V alone can only change what the
+  text *says* to the image; detail drawn by self-attention and the output projections needs the rest.
 
 A concept's :class:`ConceptDelta` is what *it* changed. A model state is a weighted sum of deltas over the
 frozen base, written into the base weights in place for the duration of :func:`use_state`.
@@ -23,16 +29,21 @@ from torch.nn.utils import parametrize
 
 from lifelong.base import BaseModel
 
-KINDS = ("kv", "lora")
+KINDS = ("kv", "lora", "lora-attn")
 _ADAPTER = "lifelong"
+_KV = ("attn2.to_k", "attn2.to_v")
+_ATTENTION = tuple(f"{attn}.{proj}" for attn in ("attn1", "attn2") for proj in ("to_q", "to_k", "to_v", "to_out.0"))
 
 
-def target_module_names(unet: nn.Module) -> list[str]:
-    """Names of the cross-attention K and V projections: the weights every method trains."""
+def target_module_names(unet: nn.Module, kind: str = "kv") -> list[str]:
+    """Names of the linear layers a trainable set of ``kind`` changes: the cross-attention K and V
+    projections, or for "lora-attn" every attention projection (a superset)."""
+    suffixes = _ATTENTION if kind == "lora-attn" else _KV
     return [
         name
         for name, module in unet.named_modules()
-        if isinstance(module, nn.Linear) and (name.endswith("attn2.to_k") or name.endswith("attn2.to_v"))
+        if name.endswith(suffixes)
+        and isinstance(getattr(module, "base_layer", module), nn.Linear)  # also while a LoRA wraps it
     ]
 
 
@@ -41,13 +52,12 @@ class ConceptDelta:
     """What learning one concept changed: weight increments on the targets and its token's embedding.
 
     ``tensors`` holds, per target module, ``"<module>"`` (dense ΔW, kind "kv") or ``"<module>.lora_A"`` and
-    ``"<module>.lora_B"`` (kind "lora", ΔW = B @ A · lora_scale).
+    ``"<module>.lora_B"`` (kind "lora", ΔW = B @ A: LoRA's α equals its rank).
     """
 
     kind: str
     tensors: dict[str, torch.Tensor]
     embedding: torch.Tensor
-    lora_scale: float = 1.0
 
     def modules(self) -> list[str]:
         if self.kind == "kv":
@@ -58,10 +68,7 @@ class ConceptDelta:
         if self.kind == "kv":
             return self.tensors[module]
         a, b = self.tensors[f"{module}.lora_A"], self.tensors[f"{module}.lora_B"]
-        return (b.float() @ a.float()) * self.lora_scale
-
-    def num_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in [*self.tensors.values(), self.embedding])
+        return b.float() @ a.float()
 
 
 @dataclass
@@ -89,14 +96,23 @@ def compose(
     return state
 
 
-def _base_weights(base: BaseModel) -> dict[str, torch.Tensor]:
-    """Pristine copies of the target weights, taken once, so a state can always be taken out exactly."""
+def _base_weights(base: BaseModel, modules: Iterator[str] | Sequence[str]) -> dict[str, torch.Tensor]:
+    """Pristine copies of the weights of ``modules``, each taken the first time a state touches it (always
+    outside a state), so a state can always be taken out exactly."""
     cache = base.pristine
-    if not cache:
-        unet = base.pipe.unet
-        for name in target_module_names(unet):
-            cache[name] = unet.get_submodule(name).weight.detach().clone()
+    unet = base.pipe.unet
+    for name in modules:
+        if name not in cache:
+            cache[name] = _raw_weight(unet.get_submodule(name)).detach().clone()
     return cache
+
+
+def _raw_weight(layer: nn.Module) -> torch.Tensor:
+    """The stored weight, without a "kv" trainable set's W + ΔW parametrization (peft's LoRA layers
+    already answer ``weight`` with their base layer's)."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return layer.parametrizations["weight"].original  # type: ignore[union-attr,index]
+    return layer.weight  # type: ignore[return-value]
 
 
 @contextmanager
@@ -108,20 +124,20 @@ def use_state(base: BaseModel, state: ModelState) -> Iterator[None]:
     reads as the untrained base row, whoever used it before.
     """
     with base.lock:
-        pristine = _base_weights(base)
         unet = base.pipe.unet
         table = base.pipe.text_encoder.get_input_embeddings().weight
-        unknown = set(state.weight_deltas) - set(pristine)
+        unknown = set(state.weight_deltas) - set(target_module_names(unet, "lora-attn"))
         if unknown:
             raise ValueError(f"state names modules this base does not have: {sorted(unknown)[:3]}")
         if not set(state.embeddings) <= set(base.slot_token_ids):
             raise ValueError("state writes embedding rows that are not concept slots")
+        pristine = _base_weights(base, list(state.weight_deltas))
         slots = torch.tensor(base.slot_token_ids, device=table.device)
         found = table[slots].detach().clone()
         try:
             with torch.no_grad():
                 for name, delta in state.weight_deltas.items():
-                    weight = unet.get_submodule(name).weight
+                    weight = _raw_weight(unet.get_submodule(name))
                     weight.copy_((pristine[name].float() + delta.to(weight.device)).to(weight.dtype))
                 table[slots] = base.pristine_rows.to(table.device)
                 for token_id, vector in state.embeddings.items():
@@ -130,7 +146,7 @@ def use_state(base: BaseModel, state: ModelState) -> Iterator[None]:
         finally:
             with torch.no_grad():
                 for name in state.weight_deltas:
-                    unet.get_submodule(name).weight.copy_(pristine[name])
+                    _raw_weight(unet.get_submodule(name)).copy_(pristine[name])
                 table[slots] = found
 
 
@@ -165,7 +181,6 @@ class TrainableSet:
     modules: list[str]
     token_id: int
     embedding: nn.Parameter
-    lora_scale: float = 1.0
     _enabled: bool = True
 
     def weight_parameters(self) -> list[nn.Parameter]:
@@ -189,7 +204,7 @@ class TrainableSet:
         if self.kind == "kv":
             return _add_delta(unet, module).delta
         a, b = self.lora_factors()[module]
-        return (b @ a) * self.lora_scale
+        return b @ a
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
@@ -221,9 +236,7 @@ class TrainableSet:
                 key.replace(".weight", "").replace(f".{_ADAPTER}", ""): value.detach().float().cpu().clone()
                 for key, value in state.items()
             }
-        return ConceptDelta(
-            self.kind, tensors, self.embedding.detach().float().cpu().clone(), self.lora_scale
-        )
+        return ConceptDelta(self.kind, tensors, self.embedding.detach().float().cpu().clone())
 
 
 @contextmanager
@@ -242,9 +255,8 @@ def trainable(
     if kind not in KINDS:
         raise ValueError(f"unknown trainable kind {kind!r}; choose one of {KINDS}")
     unet = base.pipe.unet
-    modules = target_module_names(unet)
+    modules = target_module_names(unet, kind)
     embedding = nn.Parameter(init_embedding.detach().float().to(base.device).clone())
-    lora_scale = 1.0
     if kind == "kv":
         for name in modules:
             linear = unet.get_submodule(name)
@@ -263,7 +275,7 @@ def trainable(
                 param.data = param.data.float()
                 param.requires_grad_(True)
     encoder_embeddings = base.pipe.text_encoder.get_input_embeddings()
-    trainset = TrainableSet(base, kind, modules, token_id, embedding, lora_scale)
+    trainset = TrainableSet(base, kind, modules, token_id, embedding)
 
     def inject_token(
         _module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor

@@ -39,14 +39,11 @@ from diffusers.models.attention_processor import Attention
 from PIL import Image
 
 from lifelong.base import BaseModel
+from lifelong.configs import GenerateConfig
 from lifelong.encoding import tokenize
 
 if TYPE_CHECKING:
     from diffusers import DDIMScheduler
-
-    from lifelong.concepts import Session
-    from lifelong.generate import GenerateConfig
-    from lifelong.progress import ProgressFn
 
 FUNCTION_WORDS = frozenset(
     {"a", "an", "the", "and", "or", "with", "without", "on", "in", "at", "of", "to", "by", "for", "from"}
@@ -415,19 +412,3 @@ def attention_control(
     if record is not None:
         record.words, record.concepts, record.attributes = tokens.words, tokens.concepts, tokens.attributes
         record.maps = store.recorded().cpu()
-
-
-def generate_with_maps(
-    base: BaseModel,
-    session: Session,
-    prompt: str,
-    config: GenerateConfig | None = None,
-    checkpoint: int | None = None,
-    progress: ProgressFn | None = None,
-) -> tuple[list[Image.Image], list[tuple[Image.Image, str]], AttentionRecord]:
-    """Generate, and show where each concept sits: images, map overlays with captions, and the raw maps."""
-    from lifelong.generate import generate  # generate imports this module
-
-    record = AttentionRecord()
-    images = generate(base, session, prompt, config, checkpoint, progress, record=record)
-    return images, record.images(images), record

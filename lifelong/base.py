@@ -19,6 +19,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO_ROOT / "assets" / "base-model"
 BUNDLED_EVAL_CLIP = REPO_ROOT / "assets" / "eval-clip"
+BUNDLED_EVAL_IDENTITY = REPO_ROOT / "assets" / "eval-identity"
 BASE_MODEL_ENV = "LIFELONG_BASE_MODEL"
 COMPILE_ENV = "LIFELONG_COMPILE"
 

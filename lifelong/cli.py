@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
+from typing import get_type_hints
 
 from tqdm import tqdm
 
-from lifelong.attention import generate_with_maps
 from lifelong.base import BaseConfig, BaseModel, compile_requested, default_model, get_base
 from lifelong.concepts import Session
 from lifelong.errors import LifelongError
-from lifelong.generate import GenerateConfig, generate
+from lifelong.generate import GenerateConfig, generate, generate_with_maps
 from lifelong.learner import LearnConfig, learn
-from lifelong.methods import DEFAULT_METHOD, describe
+from lifelong.methods import describe
 from lifelong.overrides import override, parse_pairs
 from lifelong.progress import Progress
 
@@ -26,19 +27,56 @@ def _base(args: argparse.Namespace, session: Session | None = None) -> BaseModel
     return get_base(BaseConfig(model=model, device=args.device, compile=compile_requested()))
 
 
+LEARN_OPTIONS = ("method", "steps")
+GENERATE_OPTIONS = (
+    "negative_prompt",
+    "num_images",
+    "steps",
+    "guidance_scale",
+    "seed",
+    "icgen_strength",
+    "icgen_context",
+)
+
+
+def config_options(parser: argparse.ArgumentParser, cls: type, names: tuple[str, ...]) -> None:
+    """One option per config field, its type, default and help read from the field (``lifelong.configs``);
+    left out, the field keeps its default. ``--set key=value`` reaches every other field."""
+    hints = get_type_hints(cls)
+    fields = {item.name: item for item in dataclasses.fields(cls)}
+    for name in names:
+        item = fields[name]
+        flag = item.metadata.get("flag") or "--" + name.replace("_", "-")
+        default = item.default
+        parser.add_argument(
+            flag,
+            dest=name,
+            type=hints[name],
+            default=None,
+            help=f"{item.metadata['help']} (default {default})",
+        )
+
+
+def chosen(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, object]:
+    """The config options given on the command line, then the ``--set`` pairs."""
+    values: dict[str, object] = {
+        name: getattr(args, name) for name in names if getattr(args, name) is not None
+    }
+    values.update(parse_pairs(args.set))
+    return values
+
+
 def _learn(args: argparse.Namespace) -> None:
     session = Session.create(args.session, args.model)
     base = _base(args, session)
-    values = parse_pairs(args.set)
-    values.update({k: v for k, v in (("method", args.method), ("steps", args.steps)) if v is not None})
-    config = override(LearnConfig(), values)
+    config = override(LearnConfig(), chosen(args, LEARN_OPTIONS))
     with tqdm(total=config.steps, desc=f"learning <{args.name}>", unit="step") as bar:
 
         def show(progress: Progress) -> None:
             bar.update(progress.step - bar.n)
             bar.set_postfix(loss=f"{progress.loss:.4f}")
 
-        result = learn(session, base, args.images, args.name, args.class_word, config, show)
+        result = learn(base, session, args.images, args.name, args.class_word, config, show)
     concept = result.concept
     print(
         f"learned {concept.token} with {concept.method} in {concept.seconds:.1f} s as checkpoint {len(session.concepts)}"
@@ -48,16 +86,7 @@ def _learn(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     session = Session.open(args.session) if args.session else None
     base = _base(args, session)
-    config = GenerateConfig(
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        negative_prompt=args.negative,
-        num_images=args.num_images,
-        seed=args.seed,
-        icgen_strength=args.icgen_strength,
-        icgen_context=args.icgen_context,
-    )
-    config = override(config, parse_pairs(args.set))
+    config = override(GenerateConfig(), chosen(args, GENERATE_OPTIONS))
     session = session or Session(Path(args.out), args.model, [])  # no concepts: the base model alone
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,73 +127,56 @@ def _methods(args: argparse.Namespace) -> None:
     print(describe())
 
 
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="", help="hub id or folder of an SD-1.x pipeline (default: the bundled model)"
+    )
+    parser.add_argument("--device", default="", help="cpu, cuda, ... (default: what accelerate finds)")
+
+
+def _set_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=what)
+
+
+def _learn_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("learn", help="learn a concept from 1-20 images (3-5 recommended)")
+    parser.add_argument("--session", required=True, type=Path)
+    parser.add_argument("--name", required=True, help="concept name; prompts use it as <name>")
+    parser.add_argument("--class-word", default="", help="what it is, e.g. dog")
+    config_options(parser, LearnConfig, LEARN_OPTIONS)
+    _set_option(parser, "a LearnConfig field or method setting")
+    parser.add_argument("images", nargs="+")
+    _common(parser)
+    parser.set_defaults(run=_learn)
+
+
+def _generate_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("generate", help="generate images at a checkpoint")
+    parser.add_argument("--session", type=Path, default=None, help="omit to use the base model alone")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--checkpoint", type=int, default=None, help="0 = base; default: the latest")
+    config_options(parser, GenerateConfig, GENERATE_OPTIONS)
+    _set_option(parser, "any GenerateConfig field, e.g. caa=false")
+    parser.add_argument(
+        "--maps", action="store_true", help="also save where each word attends (attention maps)"
+    )
+    parser.add_argument("--out", required=True, type=Path)
+    _common(parser)
+    parser.set_defaults(run=_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lifelong", description="Teach a diffusion model concepts, one after another."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--model", default="", help="hub id or folder of an SD-1.x pipeline (default: the bundled model)"
-        )
-        p.add_argument("--device", default="", help="cpu, cuda, ... (default: what accelerate finds)")
-
-    learn_p = sub.add_parser("learn", help="learn a concept from 1-20 images (3-5 recommended)")
-    learn_p.add_argument("--session", required=True, type=Path)
-    learn_p.add_argument("--name", required=True, help="concept name; prompts use it as <name>")
-    learn_p.add_argument("--class-word", default="", help="what it is, e.g. dog")
-    learn_p.add_argument(
-        "--method", default=None, help=f"see `python -m lifelong methods` (default {DEFAULT_METHOD})"
-    )
-    learn_p.add_argument("--steps", type=int, default=None)
-    learn_p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a LearnConfig field or method setting",
-    )
-    learn_p.add_argument("images", nargs="+")
-    common(learn_p)
-    learn_p.set_defaults(run=_learn)
-
-    gen_p = sub.add_parser("generate", help="generate images at a checkpoint")
-    gen_p.add_argument("--session", type=Path, default=None, help="omit to use the base model alone")
-    gen_p.add_argument("--prompt", required=True)
-    gen_p.add_argument("--negative", default="")
-    gen_p.add_argument("--checkpoint", type=int, default=None, help="0 = base; default: the latest")
-    gen_p.add_argument("--num-images", type=int, default=4)
-    gen_p.add_argument("--steps", type=int, default=25)
-    gen_p.add_argument("--guidance", type=float, default=5.0)
-    gen_p.add_argument("--seed", type=int, default=0)
-    gen_p.add_argument(
-        "--icgen-strength",
-        type=float,
-        default=1.0,
-        help="below 1: start from a named concept's stored image latent noised to this strength (ICGen)",
-    )
-    gen_p.add_argument("--icgen-context", default="mean", help="'mean' or the index of a context image")
-    gen_p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any GenerateConfig field, e.g. caa=false",
-    )
-    gen_p.add_argument(
-        "--maps", action="store_true", help="also save where each word attends (attention maps)"
-    )
-    gen_p.add_argument("--out", required=True, type=Path)
-    common(gen_p)
-    gen_p.set_defaults(run=_generate)
-
-    info_p = sub.add_parser("info", help="list a session's checkpoints")
-    info_p.add_argument("--session", required=True, type=Path)
-    info_p.set_defaults(run=_info)
-
-    methods_p = sub.add_parser("methods", help="list the learning methods and their settings")
-    methods_p.set_defaults(run=_methods)
+    _learn_parser(sub)
+    _generate_parser(sub)
+    info = sub.add_parser("info", help="list a session's checkpoints")
+    info.add_argument("--session", required=True, type=Path)
+    info.set_defaults(run=_info)
+    methods = sub.add_parser("methods", help="list the learning methods and their settings")
+    methods.set_defaults(run=_methods)
     return parser
 
 

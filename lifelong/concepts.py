@@ -95,7 +95,6 @@ def save_checkpoint(path: Path, delta: ConceptDelta, extras: dict[str, torch.Ten
         "format": CHECKPOINT_FORMAT,
         "version": str(VERSION),
         "kind": delta.kind,
-        "lora_scale": repr(delta.lora_scale),
     }
     write_safetensors(path, tensors, metadata)
 
@@ -133,10 +132,7 @@ def load_checkpoint(
         raise SessionFormatError(f"{label} holds values that are not finite numbers.")
     deltas = {key.removeprefix("delta."): value for key, value in tensors.items() if key.startswith("delta.")}
     extras = {key.removeprefix("extra."): value for key, value in tensors.items() if key.startswith("extra.")}
-    delta = ConceptDelta(
-        metadata["kind"], deltas, tensors["embedding"], float(metadata.get("lora_scale", "1.0"))
-    )
-    return delta, extras
+    return ConceptDelta(metadata["kind"], deltas, tensors["embedding"]), extras
 
 
 class Session:

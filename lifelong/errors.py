@@ -34,7 +34,15 @@ class InvalidPromptError(LifelongError):
 
 
 class UnknownMethodError(LifelongError):
-    """A method name or one of its settings is not known."""
+    """A method name is not known."""
+
+
+class IncompatibleMethodsError(LifelongError):
+    """Methods combined with ``+`` that cannot work together (e.g. different trainable kinds)."""
+
+
+class InvalidSettingError(LifelongError):
+    """A setting (a config field or a method's setting) is unknown, of the wrong type or out of bounds."""
 
 
 class SessionFullError(LifelongError):
@@ -45,5 +53,7 @@ class Cancelled(LifelongError):
     """A job (a learn, a forgetting comparison) was cancelled; the session is as it was before."""
 
 
-class LimitError(LifelongError):
-    """A request asks for more than this app allows (a setting's range, a size, the compute budget)."""
+class LimitError(InvalidSettingError):
+    """A request asks for more than this app allows: a config field outside its bounds (``configs.check``),
+    or settings whose expected cost is over the app's budget (``limits.Budget``). An InvalidSettingError,
+    so callers that catch bad settings catch these too."""

@@ -7,61 +7,37 @@ Same seed, same prompt, same checkpoint → the same image, on any run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 from diffusers import DDIMScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from lifelong.adapters import use_state
 from lifelong.attention import AttentionControl, AttentionRecord, attention_control
 from lifelong.base import BaseModel
 from lifelong.concepts import Session
+from lifelong.configs import GenerateConfig, check
 from lifelong.encoding import decode, encode_text
-from lifelong.errors import InvalidPromptError
-from lifelong.limits import check_generate
+from lifelong.errors import InvalidPromptError, InvalidSettingError
 from lifelong.progress import Progress, ProgressFn
 
-MAX_IMAGES = 16
+__all__ = ["GenerateConfig", "denoise", "generate", "generate_with_maps", "initial_noise", "warm_up"]
+
+Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scaled latents, t) → ε or v
+Guide = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]  # (step index, t, latents) → latents
 
 
-@dataclass
-class GenerateConfig:
-    """How to sample. The UI's generation settings are generated from these fields."""
-
-    steps: int = 25
-    guidance_scale: float = 5.0
-    negative_prompt: str = ""
-    num_images: int = 1
-    seed: int = 0  # image i uses seed + i
-    # multi-concept attention (lifelong.attention): only for prompts naming two or more concepts. Off by
-    # default: on the bundled model it lowered concept IA at +60 % time per image (docs/BENCHMARKS.md)
-    caa: bool = False  # each concept gets a strong attention peak; each location goes to one concept
-    oaa: bool = False  # concepts' (and other concepts' attributes') attention maps kept apart
-    attention_steps: int = 10  # guided steps at the start of sampling
-    attention_step_size: float = 20.0
-    caa_threshold: float = 0.8  # peak attention (share of the words at a location) each concept should reach
-    oaa_threshold: float = 0.0  # overlap of normalised maps tolerated between concepts
-    attention_res: int = 0  # side of the attention grid to use; 0 = automatic
-    # in-context generation (ICGen): start from a named concept's stored image latent noised to this
-    # strength; 1 = plain text-to-image
-    icgen_strength: float = 1.0
-    icgen_context: str = "mean"  # which stored latent: "mean" of them, or an image index "0", "1", ...
-
-
-def _check(prompt: str, config: GenerateConfig) -> None:
+def check_inputs(prompt: str, config: GenerateConfig) -> None:
+    """A prompt to draw and settings within their bounds (``configs.check``), or a typed error."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidPromptError("Write a prompt, e.g. 'a <rex> on a blue background'.")
-    if not 1 <= config.num_images <= MAX_IMAGES:
-        raise InvalidPromptError(f"Ask for 1 to {MAX_IMAGES} images at a time.")
-    if not 1 <= config.steps <= 200:
-        raise InvalidPromptError("Use between 1 and 200 sampling steps.")
-    if not 0.0 < config.icgen_strength <= 1.0:
-        raise InvalidPromptError("icgen_strength must be in (0, 1]; 1 means plain text-to-image.")
+    check(config)
     index = config.icgen_context
-    if index != "mean" and not (index.isascii() and index.isdigit() and len(index) <= 3):
-        raise InvalidPromptError("icgen_context is 'mean' or the index of a context image, e.g. 0.")
-    check_generate(config)
+    plain = isinstance(index, str) and index.isascii() and index.isdigit() and len(index) <= 3
+    if index != "mean" and not plain:
+        raise InvalidSettingError("icgen_context is 'mean' or the index of a context image, e.g. 0.")
 
 
 def initial_noise(base: BaseModel, seeds: list[int]) -> torch.Tensor:
@@ -99,14 +75,35 @@ def denoise(
         latents = latents * scheduler.init_noise_sigma
     batch = len(latents)
     embeddings = torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)])
-    for index, t in enumerate(timesteps):
-        if attention is not None:
-            latents = attention.guide(index, t, latents, scheduler)
-        model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t).to(base.dtype)
+
+    def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # ε or v, whichever the scheduler's prediction_type says; guidance is linear in either
+        model_input = torch.cat([latents, latents]).to(base.dtype)
         uncond_out, cond_out = unet(model_input, t, embeddings).sample.float().chunk(2)
-        guided = uncond_out + config.guidance_scale * (cond_out - uncond_out)
-        latents = scheduler.step(guided, t, latents).prev_sample
+        return uncond_out + config.guidance_scale * (cond_out - uncond_out)
+
+    guide = None
+    if attention is not None:
+        guide = lambda index, t, latents: attention.guide(index, t, latents, scheduler)  # noqa: E731
+    return sampling_loop(scheduler, latents, timesteps, predict, guide, progress)
+
+
+def sampling_loop(
+    scheduler: SchedulerMixin,
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    predict: Predict,
+    guide: Guide | None = None,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """The sampler's steps over ``timesteps`` from ``latents`` (already scaled to the first one): per step,
+    ``guide`` may move the latents, then ``predict`` gives the model output for the scaled latents. Shared
+    by sampling and by DFKD's teacher walks."""
+    for index, t in enumerate(timesteps):
+        if guide is not None:
+            latents = guide(index, t, latents)
+        output = predict(scheduler.scale_model_input(latents, t), t)
+        latents = scheduler.step(output, t, latents).prev_sample
         if progress is not None:
             progress(Progress(index + 1, len(timesteps), message="generating"))
     return latents
@@ -168,7 +165,7 @@ def generate(
     ``record``, if given, receives the generation's cross-attention maps (see lifelong.attention).
     """
     config = config or GenerateConfig()
-    _check(prompt, config)
+    check_inputs(prompt, config)
     k = session.resolve(checkpoint)
     text = session.rewrite_prompt(prompt, k)
     negative = session.rewrite_prompt(config.negative_prompt, k, "the negative prompt")
@@ -185,3 +182,17 @@ def generate(
                 base, initial_noise(base, seeds), cond, uncond, config, progress, control, context
             )
             return decode(base, latents)
+
+
+def generate_with_maps(
+    base: BaseModel,
+    session: Session,
+    prompt: str,
+    config: GenerateConfig | None = None,
+    checkpoint: int | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[list[Image.Image], list[tuple[Image.Image, str]], AttentionRecord]:
+    """Generate, and show where each concept sits: images, map overlays with captions, and the raw maps."""
+    record = AttentionRecord()
+    images = generate(base, session, prompt, config, checkpoint, progress, record=record)
+    return images, record.images(images), record

@@ -9,51 +9,19 @@ hook whose tensors are stored with the concept (``extra.*`` in its checkpoint). 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from PIL import Image
 
-from lifelong.errors import UnknownMethodError
-from lifelong.regularizers import clora, dfkd, ecd, icgen, memory, prior, tame
+from lifelong.configs import DEFAULT_METHOD
+from lifelong.errors import IncompatibleMethodsError, InvalidSettingError, UnknownMethodError
+from lifelong.mechanisms import clora, dfkd, ecd, icgen, memory, prior, tame
 from lifelong.settings import Setting, Value
+from lifelong.step import AfterLearnContext, BuildContext, Regularizer
 
-if TYPE_CHECKING:
-    from lifelong.adapters import ModelState, TrainableSet
-    from lifelong.base import BaseModel
-    from lifelong.concepts import Session
-    from lifelong.learner import Regularizer
-
-
-@dataclass
-class BuildContext:
-    """What a regulariser factory sees before training starts (the base is pristine at that moment)."""
-
-    base: BaseModel
-    session: Session
-    slot: int  # 0-based index of the concept being learned
-    prompt: str  # its training prompt, with its slot token
-    class_word: str
-    settings: dict[str, Value]
-    state: ModelState  # what the concept is trained on top of: the teacher
-    seed: int
-    shared: dict[str, Any] = field(default_factory=dict)  # computed once, used by several components
-
-
-@dataclass
-class AfterLearnContext:
-    """What an after-learn hook sees: the live model is the new checkpoint."""
-
-    base: BaseModel
-    session: Session
-    trainset: TrainableSet
-    slot: int
-    prompt: str
-    images: Sequence[Image.Image]  # the clean (unaugmented) images the concept was learned from
-    settings: dict[str, Value]
-    seed: int
+__all__ = ["DEFAULT_METHOD", "METHODS", "Method", "describe", "get_method"]
 
 
 @dataclass(frozen=True)
@@ -101,7 +69,9 @@ class Method:
         unknown = sorted(set(given) - set(known))
         if unknown:
             names = ", ".join(sorted(known)) or "none"
-            raise UnknownMethodError(f"{self.name} has no setting {unknown[0]!r}; its settings are: {names}.")
+            raise InvalidSettingError(
+                f"{self.name} has no setting {unknown[0]!r}; its settings are: {names}."
+            )
         return {key: setting.convert(key, given.get(key, setting.default)) for key, setting in known.items()}
 
     def regularizers(self, build: BuildContext) -> list[Regularizer]:
@@ -170,13 +140,6 @@ METHODS: dict[str, Method] = {
     )
 }
 
-# The app's default: in the full benchmark on the shipped model (docs/BENCHMARKS.md) dfkd forgot a third of
-# what finetune forgot (IAD 0.025 vs 0.078), kept more of each concept (IA(i,i) 0.284 vs 0.200), drifted less
-# from the base (0.228 vs 0.295) and followed prompts as well (TA 0.530 vs 0.509); lfs matched it but lost
-# 0.035 TA to its ICGen start. routed and c-lora forget even less and are one click away; dfkd is the
-# default because it is the papers' method that met every target.
-DEFAULT_METHOD = "dfkd"
-
 
 def get_method(name: str) -> Method:
     """A registered method, or a ``+`` combination of them (components merged in order)."""
@@ -192,7 +155,9 @@ def get_method(name: str) -> Method:
     methods = [METHODS[part] for part in parts]
     kinds = {method.kind for method in methods if method.kind is not None}
     if len(kinds) > 1:
-        raise UnknownMethodError(f"{name} mixes trainable kinds {sorted(kinds)}; pick methods that agree.")
+        raise IncompatibleMethodsError(
+            f"{name} mixes trainable kinds {sorted(kinds)}; pick methods that agree."
+        )
     components = tuple(dict.fromkeys(c for method in methods for c in method.components))
     return Method(
         "+".join(parts),

@@ -1,9 +1,12 @@
-"""Customisation and forgetting metrics with any transformers CLIP (CustomConcept101's evaluation).
+"""Customisation and forgetting metrics (CustomConcept101's evaluation, with DreamBooth's CLIP-T and DINO).
 
 - TA (text alignment): cosine(CLIP image, CLIP text of the prompt with the concept token replaced by its
-  class word or name).
-- IA(i, j) (image alignment): mean cosine between CLIP features of images generated for concept i after
-  learning concept j and concept i's reference images. Row i of the matrix is concept i's forgetting curve.
+  class word or name), with any transformers CLIP.
+- IA(i, j) (image alignment): mean cosine between *identity* features of images generated for concept i
+  after learning concept j and concept i's reference images. Row i of the matrix is concept i's forgetting
+  curve. Identity features come from an image-only model trained to tell instances apart (DreamBooth's
+  DINO score): any transformers vision model with a pooled output, by default the bundled
+  `assets/eval-identity`; a CLIP's image tower is too coarse for this (it separates names, not instances).
 - IAD: mean over i < N of IA(i, i) − IA(i, N). TFR: mean over i < N of (IA(i, i) − IA(i, N)) / IA(i, i).
 - Base drift: 1 − mean cosine between images of base-model prompts made by the base model and by the final
   model with the same seeds (a drift: 0 means the base model's knowledge is untouched).
@@ -19,12 +22,21 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoTokenizer,
+    CLIPImageProcessor,
+    CLIPModel,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from lifelong.base import BUNDLED_EVAL_CLIP
+from lifelong.base import BUNDLED_EVAL_CLIP, BUNDLED_EVAL_IDENTITY
 
 
 @dataclass
@@ -46,6 +58,35 @@ class EvalClip:
         model = CLIPModel.from_pretrained(path, dtype=torch.float32).to(device).eval()
         model.requires_grad_(False)
         return cls(model, CLIPImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path))
+
+
+@dataclass
+class IdentityEncoder:
+    """An image model whose pooled output tells instances apart (a DINO, or the bundled eval-identity)."""
+
+    model: PreTrainedModel
+    image_processor: object
+
+    @classmethod
+    def load(cls, path: str | Path = "", device: str | torch.device = "cpu") -> IdentityEncoder:
+        """A folder or hub id (default: the bundled identity encoder), in float32 on ``device``, frozen."""
+        path = str(path or BUNDLED_EVAL_IDENTITY)
+        model = AutoModel.from_pretrained(path, dtype=torch.float32).to(device).eval()
+        model.requires_grad_(False)
+        return cls(model, AutoImageProcessor.from_pretrained(path))
+
+
+@torch.no_grad()
+def identity_features(encoder: IdentityEncoder, images: Sequence[Image.Image], batch: int = 64) -> torch.Tensor:
+    """L2-normalised identity features, one row per image, float32 on the CPU."""
+    device = next(encoder.model.parameters()).device
+    rows = []
+    for start in range(0, len(images), batch):
+        chunk = [image.convert("RGB") for image in images[start : start + batch]]
+        pixels = encoder.image_processor(images=chunk, return_tensors="pt").pixel_values  # type: ignore[operator]
+        pooled = encoder.model(pixel_values=pixels.to(device)).pooler_output
+        rows.append(pooled.flatten(1).float().cpu())
+    return F.normalize(torch.cat(rows), dim=-1)
 
 
 def _pooled(output: torch.Tensor | object) -> torch.Tensor:
@@ -93,6 +134,54 @@ class FeatureCache:
         if key not in self.store:
             self.store[key] = compute()
         return self.store[key]
+
+
+def leave_one_out_identification(groups: Sequence[torch.Tensor]) -> float:
+    """How often an image is nearest (cosine) to its own concept's centroid, among all concepts' centroids,
+    when that centroid is taken over its concept's *other* images. ``groups[k]`` holds concept k's
+    normalised features, one row per image (each group needs at least two)."""
+    if len(groups) < 2 or any(len(g) < 2 for g in groups):
+        raise ValueError("leave-one-out identification needs two concepts with two images each")
+    sums = torch.stack([g.sum(0) for g in groups])
+    hits = total = 0
+    for k, group in enumerate(groups):
+        for row in group:
+            centroids = sums.clone()
+            centroids[k] -= row
+            counts = torch.tensor([len(g) for g in groups], dtype=torch.float32)
+            counts[k] -= 1
+            centroids = F.normalize(centroids / counts[:, None], dim=-1)
+            hits += int((centroids @ row).argmax().item() == k)
+            total += 1
+    return hits / total
+
+
+# Colour words a prompt may ask for as a background, as sRGB (the bundled world's palette).
+NAMED_COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "orange": (245, 140, 30),
+    "yellow": (245, 225, 50),
+    "green": (50, 170, 60),
+    "blue": (40, 90, 220),
+    "purple": (130, 60, 190),
+    "pink": (245, 150, 200),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "gray": (128, 128, 128),
+}
+
+
+def background_color(
+    image: Image.Image, palette: dict[str, tuple[int, int, int]] = NAMED_COLORS, border: int = 3
+) -> str:
+    """Name of the palette colour nearest to the median of the image's border pixels."""
+    pixels = torch.from_numpy(np.array(image.convert("RGB"))).float()
+    mask = torch.ones(pixels.shape[:2], dtype=torch.bool)
+    mask[border:-border, border:-border] = False
+    median = pixels[mask].median(dim=0).values
+    names = list(palette)
+    distances = torch.stack([torch.linalg.norm(median - torch.tensor(palette[c], dtype=torch.float32)) for c in names])
+    return names[int(distances.argmin())]
 
 
 def text_alignment(images: torch.Tensor, texts: torch.Tensor) -> float:

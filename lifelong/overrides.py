@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar, get_type_hints
 
-from lifelong.errors import UnknownMethodError
+from lifelong.errors import InvalidSettingError
 
 C = TypeVar("C")
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -24,17 +24,21 @@ def coerce(text: str) -> bool | int | float | str:
     return text
 
 
-def _convert(value: Any, hint: Any, key: str) -> Any:
+def convert(value: Any, hint: Any, key: str) -> Any:
+    """``value`` as type ``hint`` (bool, int, float or str; others pass through), or an InvalidSettingError."""
     if hint is bool:
         value = coerce(str(value))
         if not isinstance(value, bool):
-            raise UnknownMethodError(f"{key} must be true or false.")
+            raise InvalidSettingError(f"{key} must be true or false.")
         return value
     if hint in (int, float, str):
         try:
-            return hint(value)
-        except ValueError as error:
-            raise UnknownMethodError(f"{key}={value!r} is not a valid {hint.__name__}.") from error
+            converted = hint(value)
+        except (TypeError, ValueError) as error:
+            raise InvalidSettingError(f"{key}={value!r} is not a valid {hint.__name__}.") from error
+        if hint is int and not isinstance(value, str) and float(value) != converted:
+            raise InvalidSettingError(f"{key}={value!r} must be a whole number.")
+        return converted
     return value
 
 
@@ -46,11 +50,11 @@ def override(config: C, values: dict[str, Any]) -> C:
     extra: dict[str, Any] = {}
     for key, value in values.items():
         if key in fields and key != "settings":
-            changes[key] = _convert(value, hints[key], key)
+            changes[key] = convert(value, hints[key], key)
         elif "settings" in fields:
             extra[key] = coerce(value) if isinstance(value, str) else value
         else:
-            raise UnknownMethodError(f"unknown setting {key!r}; known: {', '.join(sorted(fields))}.")
+            raise InvalidSettingError(f"unknown setting {key!r}; known: {', '.join(sorted(fields))}.")
     if extra:
         changes["settings"] = {**config.settings, **extra}  # type: ignore[attr-defined]
     return dataclasses.replace(config, **changes)  # type: ignore[type-var]
@@ -62,6 +66,6 @@ def parse_pairs(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise UnknownMethodError(f"--set takes key=value, got {pair!r}.")
+            raise InvalidSettingError(f"--set takes key=value, got {pair!r}.")
         result[key.strip()] = value.strip()
     return result

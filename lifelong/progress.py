@@ -16,10 +16,6 @@ class Progress:
     message: str = ""
 
     @property
-    def fraction(self) -> float:
-        return self.step / self.total if self.total else 1.0
-
-    @property
     def eta_seconds(self) -> float:
         return self.seconds / self.step * (self.total - self.step) if self.step else float("nan")
 

@@ -22,15 +22,14 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from lifelong.attention import generate_with_maps
 from lifelong.base import BUNDLED_EVAL_CLIP, BaseModel
 from lifelong.concepts import MANIFEST, Concept, Session
 from lifelong.errors import Cancelled, ImageCountError, SessionFormatError
 from lifelong.files import atomic_write
-from lifelong.generate import GenerateConfig, generate, warm_up
+from lifelong.generate import GenerateConfig, generate, generate_with_maps, warm_up
 from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource
 from lifelong.learner import LearnConfig, learn
-from lifelong.limits import Budget, check_learn, generate_seconds, learn_seconds
+from lifelong.limits import Budget, check_generate, check_learn, generate_seconds, learn_seconds
 from lifelong.metrics import EvalClip, image_alignment, image_features
 from lifelong.progress import Progress, ProgressFn
 
@@ -291,7 +290,7 @@ class Studio:
         with self._lock(user):
             session = self.session(user)
             return learn(
-                session, self.base, images, name, class_word, config, progress=progress, cancel=cancel
+                self.base, session, images, name, class_word, config, progress=progress, cancel=cancel
             ).concept
 
     def check_learn(self, config: LearnConfig) -> None:
@@ -305,6 +304,8 @@ class Studio:
         )
 
     def check_generate(self, config: GenerateConfig) -> None:
+        """Refuse generation settings out of range or over the budget, before the job waits for the GPU."""
+        check_generate(config)
         self.budget.check(
             generate_seconds(config),
             f"Generating {config.num_images} image(s) at {config.steps} steps",
@@ -312,6 +313,7 @@ class Studio:
         )
 
     def check_forgetting(self, user: str, config: GenerateConfig) -> None:
+        check_generate(config)
         generations = self.forgetting_generations(user)
         self.budget.check(
             generate_seconds(config, generations),

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from lifelong.adapters import KINDS, target_module_names
 from lifelong.archive import brief
 from lifelong.base import BaseModel
+from lifelong.configs import MAX_LORA_RANK
 from lifelong.errors import SessionFormatError
 from lifelong.intake import MAX_IMAGES
 
-MAX_LORA_RANK = 64  # LearnConfig.lora_rank's slider maximum
 MAX_FEATURE_WIDTH = 4096  # image features of the memory (a CLIP's projection, or pooled VAE latents)
-MAX_MEMORY_SAMPLES = 16  # memory_samples' upper bound (regularizers/memory.py)
-MAX_CONTEXT_IMAGES = MAX_IMAGES  # icgen_images' upper bound (regularizers/icgen.py)
+MAX_MEMORY_SAMPLES = 16  # memory_samples' upper bound (mechanisms/memory.py)
+MAX_CONTEXT_IMAGES = MAX_IMAGES  # icgen_images' upper bound (mechanisms/icgen.py)
 HEADER_BYTES = 1 << 20  # safetensors JSON header and metadata: names of a few hundred tensors
 FLOAT32 = "F32"  # every checkpoint tensor is written as float32 (ConceptDelta.extract, after_learn hooks)
 
@@ -37,7 +37,9 @@ class Shaped:
 class BaseSignature:
     """The shapes a concept checkpoint must have to be applied to one base model."""
 
-    modules: Mapping[str, tuple[int, int]]  # cross-attention K/V projection -> weight shape (out, in)
+    # every attention projection a checkpoint may change (the "lora-attn" superset of the K/V projections)
+    # -> weight shape (out, in)
+    modules: Mapping[str, tuple[int, int]]
     embedding_width: int
     latent_shape: tuple[int, int, int]  # (channels, height, width) of one VAE latent
     image_side: int  # session images are stored at the base's resolution
@@ -46,7 +48,7 @@ class BaseSignature:
     def of(cls, base: BaseModel) -> BaseSignature:
         unet = base.pipe.unet
         modules = {}
-        for name in target_module_names(unet):
+        for name in target_module_names(unet, "lora-attn"):
             out, inp = unet.get_submodule(name).weight.shape
             modules[name] = (int(out), int(inp))
         width = int(base.pipe.text_encoder.get_input_embeddings().weight.shape[1])
@@ -56,7 +58,8 @@ class BaseSignature:
     # --- sizes ----------------------------------------------------------------------------------------
 
     def max_checkpoint_bytes(self) -> int:
-        """The largest checkpoint that can fit: LoRA at the highest rank or dense K/V, plus every extra."""
+        """The largest checkpoint that can fit: LoRA at the highest rank or dense increments on every
+        attention projection, plus every extra."""
         dense = sum(out * inp for out, inp in self.modules.values())
         lora = sum(MAX_LORA_RANK * (out + inp) for out, inp in self.modules.values())
         latent = math.prod(self.latent_shape)
@@ -76,12 +79,6 @@ class BaseSignature:
         kind = metadata.get("kind")
         if kind not in KINDS:
             raise SessionFormatError(f"{label} has an unknown kind of weights.")
-        try:
-            scale = float(metadata.get("lora_scale", "1.0"))
-        except ValueError:
-            scale = math.nan
-        if not (math.isfinite(scale) and 0.0 <= scale <= 100.0):
-            raise SessionFormatError(f"{label} has an invalid LoRA scale.")
         expected = self._weights(kind, tensors)
         expected["embedding"] = (self.embedding_width,)
         for key in tensors:
@@ -106,13 +103,21 @@ class BaseSignature:
                 )
 
     def _weights(self, kind: str, tensors: Mapping[str, Shaped]) -> dict[str, tuple[int, ...]]:
-        if kind == "kv":
-            return {f"delta.{name}": shape for name, shape in self.modules.items()}
+        """The weight tensors a checkpoint of ``kind`` must hold for the modules it changes: any of this
+        base's attention projections, as dense increments (kind "kv") or LoRA factors of a rank up to
+        MAX_LORA_RANK (each module with both). A name outside them is left for ``check`` to refuse."""
+        suffixes = ("",) if kind == "kv" else (".lora_A", ".lora_B")
+        named = {key.removeprefix("delta.") for key in tensors if key.startswith("delta.")}
+        changed = [name for name in self.modules if any(f"{name}{suffix}" in named for suffix in suffixes)]
         expected: dict[str, tuple[int, ...]] = {}
-        for name, (out, inp) in self.modules.items():
+        for name in changed:
+            out, inp = self.modules[name]
+            if kind == "kv":
+                expected[f"delta.{name}"] = (out, inp)
+                continue
             found = tensors.get(f"delta.{name}.lora_A")
             rank = found.shape[0] if found is not None and len(found.shape) == 2 else 0
-            rank = rank if 1 <= rank <= MAX_LORA_RANK else 1  # a bad rank fails the shape check below
+            rank = rank if 1 <= rank <= MAX_LORA_RANK else 1  # a bad rank fails the shape check
             expected[f"delta.{name}.lora_A"] = (rank, inp)
             expected[f"delta.{name}.lora_B"] = (out, rank)
         return expected

@@ -26,13 +26,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 def measure(method: str, steps: int) -> dict[str, float]:
     import torch
 
@@ -43,24 +36,25 @@ def measure(method: str, steps: int) -> dict[str, float]:
     from tiny_clip import tiny_clip
 
     from lifelong.base import BaseConfig, prepare_base
+    from lifelong.bench.resources import resident_bytes
     from lifelong.concepts import Session
     from lifelong.generate import GenerateConfig, generate
     from lifelong.learner import LearnConfig, learn
+    from lifelong.mechanisms.memory import register_clip
     from lifelong.methods import get_method
-    from lifelong.regularizers.memory import register_clip
 
     base = prepare_base(tiny_pipeline(), BaseConfig(model="tiny", concept_slots=6), torch.device("cpu"))
     register_clip("tiny", tiny_clip())
     settings = {"clip": "tiny"} if "clip" in get_method(method).settings() else {}
     session = Session.create(Path(tempfile.mkdtemp()) / "s", "tiny")
     generate(base, session, "a dog", GenerateConfig(steps=4))
-    before = _rss_kib()
+    before = resident_bytes() // 1024
     seconds = []
     for index, (name, word) in enumerate([("rex", "dog"), ("tom", "cat"), ("cup", "mug")]):
         started = time.perf_counter()
         learn(
-            session,
             base,
+            session,
             pattern_images(seed=index),
             name,
             word,

@@ -24,7 +24,7 @@ from PIL import Image
 from lifelong.base import REPO_ROOT, default_model, get_base
 from lifelong.methods import DEFAULT_METHOD
 from lifelong.service import Studio, default_scorer
-from lifelong.ui import examples
+from lifelong.ui.learn_tab import examples
 
 sys.path.insert(0, str(REPO_ROOT))
 from app import create_app  # noqa: E402

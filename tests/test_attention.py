@@ -15,14 +15,13 @@ from lifelong.attention import (
     AttentionRecord,
     CaptureProcessor,
     capture_resolution,
-    generate_with_maps,
     prompt_tokens,
 )
 from lifelong.base import BaseConfig, prepare_base
 from lifelong.concepts import Session
 from lifelong.encoding import decode, encode_text
 from lifelong.errors import Cancelled
-from lifelong.generate import GenerateConfig, denoise, generate, initial_noise
+from lifelong.generate import GenerateConfig, denoise, generate, generate_with_maps, initial_noise
 from lifelong.learner import LearnConfig, learn
 
 PROMPT = "a red <rex> dog and a <mug> on the left"
@@ -45,11 +44,11 @@ def sharp_base():
 def two_concepts(sharp_base, tmp_path_factory):
     session = Session.create(tmp_path_factory.mktemp("attention") / "session", "tiny-sharp")
     learn(
-        session, sharp_base, pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=4, seed=1)
+        sharp_base, session, pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=4, seed=1)
     )
     learn(
-        session,
         sharp_base,
+        session,
         pattern_images(seed=2),
         "mug",
         "mug",
@@ -174,7 +173,7 @@ def test_guidance_works_with_routed_concepts_and_an_icgen_start(sharp_base, tmp_
     session = Session.create(tmp_path / "routed", "tiny-sharp")
     for name, seed in (("rex", 0), ("mug", 2)):
         config = LearnConfig(method="routed+icgen", steps=4, seed=seed)
-        learn(session, sharp_base, pattern_images(seed=seed), name, name, config)
+        learn(sharp_base, session, pattern_images(seed=seed), name, name, config)
     assert session.weights(2, PROMPT) == [0.5, 0.5]  # routed: both concepts' deltas mixed for this prompt
     start = dataclasses.replace(OFF, icgen_strength=0.7, attention_step_size=200.0)  # 4 of 6 steps
     off, on = AttentionRecord(), AttentionRecord()

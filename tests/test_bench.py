@@ -15,27 +15,26 @@ from tiny_clip import tiny_clip
 from lifelong.bench.cli import build_parser, main, sequence_settings
 from lifelong.bench.report import write_report
 from lifelong.bench.sequence import (
-    BenchConcept,
     Evaluator,
     SequenceConfig,
     drift_prompts,
     eval_prompts,
-    load_concepts,
     results_json,
     run_sequence,
     setup_record,
 )
-from lifelong.errors import UnknownMethodError
+from lifelong.errors import InvalidSettingError
+from lifelong.folders import FolderConcept, load_concepts
 from lifelong.methods import get_method
 
 KEYS = {"TA", "IA_final", "IAD", "TFR", "base_drift", "IA_matrix", "seconds_per_concept", "peak_memory_mb"}
 
 
-def _concepts() -> list[BenchConcept]:
+def _concepts() -> list[FolderConcept]:
     blue = [Image.fromarray(np.asarray(im)[:, :, ::-1].copy()) for im in pattern_images(seed=1)]
     return [
-        BenchConcept("rex", "dog", tuple(pattern_images())),
-        BenchConcept("mug", "mug", tuple(blue)),
+        FolderConcept("rex", "dog", tuple(pattern_images())),
+        FolderConcept("mug", "mug", tuple(blue)),
     ]
 
 
@@ -98,12 +97,12 @@ def test_resume_reuses_finished_methods(tiny_base, miniature):
 
 
 def test_prompts_name_the_token_and_ta_text_names_the_class():
-    concept = BenchConcept("octopus", "animal", ())
+    concept = FolderConcept("octopus", "animal", ())
     assert eval_prompts(concept, ("blue",)) == [
         ("a <octopus> animal", "an animal"),
         ("a <octopus> animal on a blue background", "an animal on a blue background"),
     ]
-    assert eval_prompts(BenchConcept("my-cup", "", ()), ())[0] == ("a <my-cup>", "a my cup")
+    assert eval_prompts(FolderConcept("my-cup", "", ()), ())[0] == ("a <my-cup>", "a my cup")
     assert all("<" not in prompt for prompt in drift_prompts([concept]))
 
 
@@ -153,7 +152,7 @@ def test_overrides_reach_every_method_or_only_the_methods_that_have_the_setting(
     finetune, l2dm = config.learn_config("finetune"), config.learn_config("l2dm")
     assert finetune.learning_rate == l2dm.learning_rate == 0.002
     assert finetune.settings == {} and l2dm.settings == {"clip": "vae"}
-    with pytest.raises(UnknownMethodError, match="no_such_setting"):
+    with pytest.raises(InvalidSettingError, match="no_such_setting"):
         SequenceConfig(methods=("finetune",), overrides=(("no_such_setting", "1"),)).check()
 
 

@@ -11,7 +11,7 @@ from tiny_clip import tiny_clip
 
 from lifelong.bench.cli import build_parser
 from lifelong.bench.multi import MultiConfig, pair_prompt, peak_crop, per_concept_table, run_multi, table
-from lifelong.bench.sequence import BenchConcept
+from lifelong.folders import FolderConcept
 
 
 def _recoloured(order: tuple[int, int, int], seed: int) -> tuple[Image.Image, ...]:
@@ -32,9 +32,9 @@ def test_peak_crop_is_half_the_image_around_the_peak_and_stays_inside():
 
 def test_multi_benchmark_reports_both_settings_on_the_same_seeds(tiny_base, tmp_path):
     everyone = [
-        BenchConcept("rex", "dog", tuple(pattern_images())),
-        BenchConcept("mug", "mug", _recoloured((2, 1, 0), 1)),
-        BenchConcept("toy", "toy", _recoloured((1, 2, 0), 2)),
+        FolderConcept("rex", "dog", tuple(pattern_images())),
+        FolderConcept("mug", "mug", _recoloured((2, 1, 0), 1)),
+        FolderConcept("toy", "toy", _recoloured((1, 2, 0), 2)),
     ]
     config = MultiConfig(
         concepts=2, steps=2, images_per_pair=2, sample_steps=3, guided=(("attention_steps", "2"),)

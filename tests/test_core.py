@@ -33,7 +33,7 @@ def learned(tiny_base, tmp_path_factory):
     session = Session.create(tmp_path_factory.mktemp("core") / "session", "tiny")
     before = pixels(generate(tiny_base, session, "a red dog", FAST))
     learn(
-        session, tiny_base, pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=40, seed=1)
+        tiny_base, session, pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=40, seed=1)
     )
     return session, before
 
@@ -88,7 +88,7 @@ def test_v_prediction_zero_snr_base_learns_and_samples_from_pure_noise(tmp_path)
     scheduler.set_timesteps(FAST.steps)
     assert int(scheduler.timesteps[0]) == 999 and float(scheduler.alphas_cumprod[999]) == 0.0
     session = Session.create(tmp_path / "session", "tiny-v")
-    learn(session, base, pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=40, seed=1))
+    learn(base, session, pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=40, seed=1))
     images = session.images(1)
     before = concept_loss(base, session, 0, images, "a dog")
     after = concept_loss(base, session, 1, images, "a <rex> dog")
@@ -121,8 +121,8 @@ def test_cancel_leaves_manifest_and_checkpoints_unchanged(tiny_base, learned):
 
     with pytest.raises(Cancelled):
         learn(
-            session,
             tiny_base,
+            session,
             pattern_images(seed=2),
             "mug",
             "mug",
@@ -140,8 +140,8 @@ def test_cancel_leaves_manifest_and_checkpoints_unchanged(tiny_base, learned):
 def test_lora_parameters_learn_and_come_off_cleanly(tiny_base, tmp_path):
     session = Session.create(tmp_path / "lora", "tiny")
     learn(
-        session,
         tiny_base,
+        session,
         pattern_images(),
         "toy",
         "toy",
@@ -153,8 +153,8 @@ def test_lora_parameters_learn_and_come_off_cleanly(tiny_base, tmp_path):
     assert any(delta.dense(m).abs().sum() > 0 for m in delta.modules())
     again = Session.create(tmp_path / "lora-again", "tiny")
     learn(
-        again,
         tiny_base,
+        again,
         pattern_images(),
         "toy",
         "toy",
@@ -163,8 +163,8 @@ def test_lora_parameters_learn_and_come_off_cleanly(tiny_base, tmp_path):
     torch.manual_seed(12345)  # the global generator must not matter: the seed in LearnConfig decides
     third = Session.create(tmp_path / "lora-third", "tiny")
     learn(
-        third,
         tiny_base,
+        third,
         pattern_images(),
         "toy",
         "toy",

@@ -102,7 +102,7 @@ def test_names_are_normalised(given, expected):
 
 def test_bad_input_to_learn_touches_nothing(tiny_base, tmp_path):
     session = Session.create(tmp_path / "s", "tiny")
-    learn(session, tiny_base, pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=2))
+    learn(tiny_base, session, pattern_images(), "rex", "dog", LearnConfig(method="finetune", steps=2))
     manifest = (session.root / "manifest.json").read_bytes()
     bad_calls = [
         (DuplicateConceptError, dict(images=pattern_images(), name="rex")),
@@ -113,7 +113,7 @@ def test_bad_input_to_learn_touches_nothing(tiny_base, tmp_path):
     for error, kwargs in bad_calls:
         with pytest.raises(error):
             learn(
-                session, tiny_base, class_word="mug", config=LearnConfig(method="finetune", steps=2), **kwargs
+                tiny_base, session, class_word="mug", config=LearnConfig(method="finetune", steps=2), **kwargs
             )
     assert (session.root / "manifest.json").read_bytes() == manifest
     assert Session.open(session.root).names() == ["rex"]

@@ -15,12 +15,13 @@ from lifelong.adapters import compose, trainable, use_state
 from lifelong.cli import main
 from lifelong.concepts import Session
 from lifelong.encoding import encode_images, encode_text
-from lifelong.errors import UnknownMethodError
+from lifelong.errors import InvalidSettingError, UnknownMethodError
 from lifelong.generate import GenerateConfig, generate
-from lifelong.learner import LearnConfig, StepContext, learn
-from lifelong.methods import METHODS, BuildContext, get_method
-from lifelong.regularizers import clora, dfkd, ecd, prior, tame
-from lifelong.regularizers.memory import ShortTermMemory, allocate, forgetting_scores, register_clip
+from lifelong.learner import LearnConfig, learn
+from lifelong.mechanisms import clora, dfkd, ecd, prior, tame
+from lifelong.mechanisms.memory import ShortTermMemory, allocate, forgetting_scores, register_clip
+from lifelong.methods import METHODS, get_method
+from lifelong.step import BuildContext, StepContext
 
 FAST_GEN = GenerateConfig(steps=4, seed=3, num_images=2)
 # every setting that costs time, at its cheapest; each method takes the ones it has
@@ -50,7 +51,7 @@ def learn_sequence(base, root, method: str, steps: int = 2, count: int = 3, **se
     session = Session.create(root, "tiny")
     for index, (name, word) in enumerate(CONCEPTS[:count]):
         config = LearnConfig(method=method, steps=steps, batch_size=2, settings=cheap(method, **settings))
-        learn(session, base, pattern_images(seed=index), name, word, config)
+        learn(base, session, pattern_images(seed=index), name, word, config)
     return session
 
 
@@ -132,9 +133,9 @@ def test_presets_combinations_and_setting_validation():
     assert get_method("c-lora+icgen").trainable_kind == "lora"
     assert 0 < get_method("routed+lfs").generate_settings["icgen_strength"] < 1  # ICGen on by default
     assert get_method("dfkd").resolve({"dfkd_every": "3"})["dfkd_every"] == 3
-    with pytest.raises(UnknownMethodError, match="no setting"):
+    with pytest.raises(InvalidSettingError, match="no setting"):
         get_method("finetune").resolve({"dfkd_weight": 1})
-    with pytest.raises(UnknownMethodError, match="outside"):
+    with pytest.raises(InvalidSettingError, match="outside"):
         get_method("tame").resolve({"memory": 65})  # the STM's cap
     with pytest.raises(UnknownMethodError, match="unknown method"):
         get_method("dfkd+nothing")
@@ -142,10 +143,10 @@ def test_presets_combinations_and_setting_validation():
 
 def test_learn_refuses_unknown_settings_before_touching_the_session(tiny_base, tmp_path):
     session = Session.create(tmp_path / "s", "tiny")
-    with pytest.raises(UnknownMethodError):
+    with pytest.raises(InvalidSettingError):
         learn(
-            session,
             tiny_base,
+            session,
             pattern_images(),
             "rex",
             "dog",
@@ -396,7 +397,7 @@ def test_three_concepts_in_a_row_with_default_settings(tiny_base, tmp_path, meth
             {"clip": "tiny-test-clip"} if "clip" in get_method(method).settings() else {}
         )
         config = LearnConfig(method=method, steps=30, settings=settings)
-        result = learn(session, tiny_base, pattern_images(seed=index), name, word, config)
+        result = learn(tiny_base, session, pattern_images(seed=index), name, word, config)
         assert all(np.isfinite(result.losses))
     assert [c.method for c in session.concepts] == [method] * 3
 

@@ -85,3 +85,25 @@ def test_feature_cache_computes_each_key_once():
     cache = FeatureCache()
     assert torch.equal(cache.get("octopus", compute), cache.get("octopus", compute))
     assert len(calls) == 1
+
+
+def test_leave_one_out_identification_counts_nearest_other_centroids():
+    from lifelong.metrics import leave_one_out_identification
+
+    a = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1], [1.0, -0.1], [1.0, 0.0]]), dim=-1)
+    b = torch.nn.functional.normalize(torch.tensor([[0.0, 1.0], [0.1, 1.0]]), dim=-1)
+    assert leave_one_out_identification([a, b]) == 1.0
+    # an image of concept b that looks like a: one miss out of five
+    b_odd = torch.cat([b, torch.nn.functional.normalize(torch.tensor([[1.0, 0.05]]), dim=-1)])
+    assert leave_one_out_identification([a, b_odd]) == pytest.approx(5 / 6)
+    with pytest.raises(ValueError):
+        leave_one_out_identification([a])
+
+
+def test_background_color_reads_the_border_not_the_object():
+    from lifelong.metrics import NAMED_COLORS, background_color
+
+    image = Image.new("RGB", (64, 64), NAMED_COLORS["blue"])
+    image.paste(Image.new("RGB", (40, 40), NAMED_COLORS["yellow"]), (12, 12))
+    assert background_color(image) == "blue"
+    assert background_color(Image.new("RGB", (64, 64), (250, 220, 60))) == "yellow"

@@ -16,12 +16,13 @@ from PIL import Image
 from tiny_clip import tiny_clip
 
 from lifelong.concepts import load_checkpoint, save_checkpoint
+from lifelong.configs import field_help
 from lifelong.errors import Cancelled, SessionFormatError
 from lifelong.generate import GenerateConfig, generate
 from lifelong.learner import LearnConfig
 from lifelong.service import ClipScorer, Studio, upload_notes
-from lifelong.ui import forgetting_view
-from lifelong.ui_forms import Form, field_help
+from lifelong.ui.forgetting_tab import forgetting_view
+from lifelong.ui.forms import Form
 
 FAST = GenerateConfig(steps=2, num_images=2, seed=5)
 

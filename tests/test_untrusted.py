@@ -31,18 +31,26 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from lifelong import concepts as concepts_module
-from lifelong import ui
+from lifelong.adapters import target_module_names
 from lifelong.base import REPO_ROOT, slot_token
 from lifelong.concepts import Session
 from lifelong.encoding import tokenize
-from lifelong.errors import Cancelled, InvalidImageError, InvalidPromptError, LifelongError, LimitError
+from lifelong.errors import (
+    Cancelled,
+    InvalidImageError,
+    InvalidPromptError,
+    InvalidSettingError,
+    LifelongError,
+    LimitError,
+)
 from lifelong.generate import GenerateConfig
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig
 from lifelong.limits import Budget
 from lifelong.prompts import fill_template
 from lifelong.service import Studio
-from lifelong.ui_files import OUTPUTS
+from lifelong.ui.app import max_upload_bytes
+from lifelong.ui.files import OUTPUTS
 
 FAST = GenerateConfig(steps=2, num_images=1, seed=3)
 LEARN = LearnConfig(method="finetune", steps=3, batch_size=2)
@@ -141,6 +149,7 @@ class Victim:
         self.studio = Studio(base, root=root / "sessions")
         self.inbox = root / "inbox"
         self.inbox.mkdir()
+        self.exported = exported
         (self.inbox / "mine.zip").write_bytes(exported)
         self.studio.import_file("vic", self.inbox / "mine.zip")
         self.tokens = self.studio.tokens("vic")
@@ -293,10 +302,43 @@ def test_deep_or_broken_json_and_wrong_checkpoints_are_refused(victim, exported)
     victim.refuse(
         with_checkpoint(exported, lambda t: t.update(embedding=t["embedding"] * math.nan)), "not finite"
     )
-    victim.refuse(with_checkpoint(exported, lambda t: t.pop(next(iter(t)))), "lacks")
+    victim.refuse(with_checkpoint(exported, lambda t: t.pop("embedding")), "lacks")
     png = {**files, "concepts/rex/images/0.png": png_header(19_900, 19_900)}
     victim.refuse(pack(png), "not a 16×16 px PNG")
     victim.refuse(pack({**files, "concepts/rex/checkpoint.safetensors": b"\0" * 16}), "not a readable")
+
+
+def test_checkpoints_on_any_attention_projection_import_and_others_are_refused(victim, tiny_base, tmp_path):
+    """Concepts may change any attention projection of the base (the "lora-attn" superset of K/V), dense or
+    as LoRA factors of rank up to 64; weights anywhere else, or of a larger rank, are refused."""
+    maker = Studio(tiny_base, root=tmp_path / "maker")
+    maker.learn(
+        "m", pattern_images(), "rex", "dog", LearnConfig(method="finetune", params="lora-attn", steps=2)
+    )
+    lora_attn = maker.export("m").read_bytes()
+    attention = target_module_names(tiny_base.pipe.unet, "lora-attn")
+    assert set(attention) > set(target_module_names(tiny_base.pipe.unet, "kv"))
+    key_a = f"delta.{attention[0]}.lora_A"
+    assert key_a in load_tensors(members(lora_attn)["concepts/rex/checkpoint.safetensors"])
+    q_proj = next(name for name in attention if name.endswith("attn1.to_q"))
+    out, inp = tiny_base.pipe.unet.get_submodule(q_proj).weight.shape
+    dense_q = with_checkpoint(victim.exported, lambda t: t.update({f"delta.{q_proj}": torch.zeros(out, inp)}))
+    for index, data in enumerate([lora_attn, dense_q]):
+        path = tmp_path / f"ok{index}.zip"
+        path.write_bytes(data)
+        victim.studio.import_file(f"ok{index}", path)
+        prompt = " ".join(["a", *victim.studio.tokens(f"ok{index}")])
+        assert len(victim.studio.generate(f"ok{index}", prompt, FAST)) == 1
+    conv = tiny_base.pipe.unet.conv_in.weight.shape
+    victim.refuse(
+        with_checkpoint(victim.exported, lambda t: t.update({"delta.conv_in": torch.zeros(conv)})),
+        "does not use",
+    )
+
+    def rank_65(tensors):
+        tensors[key_a] = torch.zeros(65, tensors[key_a].shape[1])
+
+    victim.refuse(with_checkpoint(lora_attn, rank_65), "has shape 65×")
 
 
 def test_random_mutations_of_a_valid_export_are_refused_or_work(victim, exported):
@@ -436,11 +478,11 @@ def test_templates_are_filled_by_plain_substitution():
 @pytest.mark.parametrize(
     ("prompt", "config", "error"),
     [
-        ("a dog", GenerateConfig(steps=0), InvalidPromptError),
+        ("a dog", GenerateConfig(steps=0), LimitError),
         ("a dog", GenerateConfig(num_images=1000), LimitError),  # the budget speaks first
         ("a dog", GenerateConfig(guidance_scale=math.inf), LimitError),
         ("a dog", GenerateConfig(seed=2**70), LimitError),
-        ("a dog", GenerateConfig(icgen_strength=0.5, icgen_context="²"), InvalidPromptError),
+        ("a dog", GenerateConfig(icgen_strength=0.5, icgen_context="²"), InvalidSettingError),
         ("a dog", GenerateConfig(attention_steps=10**9), LimitError),
         ("a dog " * 400, FAST, InvalidPromptError),
         (5, FAST, InvalidPromptError),
@@ -511,7 +553,7 @@ def app(tiny_base, tmp_path_factory):
 
     studio = Studio(tiny_base, root=tmp_path_factory.mktemp("app-sessions"), budget=Budget(400))
     demo = create_app(studio)
-    limit = ui.max_upload_bytes(tiny_base)
+    limit = max_upload_bytes(tiny_base)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])

@@ -214,3 +214,69 @@ def test_render_cache_is_the_same_with_workers(tmp_path) -> None:
     for name in ("images.npy", "captions.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "three" / name).read_bytes()
     assert np.array_equal(np.load(tmp_path / "one" / "images.npy")[7], np.asarray(generate(5, 7)[0]))
+
+
+def _unet_16_level(down: tuple[str, ...], up: tuple[str, ...]):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=down,
+        up_block_types=up,
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=16,
+        use_linear_projection=True,
+    ).eval()
+
+
+def test_grown_unet_is_the_same_function_with_text_at_the_finest_level():
+    from lifelong.world.grow import new_parameter_names, with_fine_attention
+
+    torch.manual_seed(0)
+    unet = _unet_16_level(("DownBlock2D", "CrossAttnDownBlock2D"), ("CrossAttnUpBlock2D", "UpBlock2D"))
+    grown = with_fine_attention(unet).eval()
+    assert grown.config.down_block_types[0] == "CrossAttnDownBlock2D"
+    assert grown.config.up_block_types[-1] == "CrossAttnUpBlock2D"
+    added = new_parameter_names(unet, grown)
+    assert added and all(".attentions." in name for name in added)
+    assert any("down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k" in name for name in added)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    text = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        assert torch.equal(unet(x, t, text).sample, grown(x, t, text).sample)
+        # the new blocks do see the text once their output projection moves
+        grown.down_blocks[0].attentions[0].proj_out.weight.normal_()
+        assert not torch.allclose(grown(x, t, text).sample, grown(x, t, torch.randn(2, 5, 32)).sample)
+    assert with_fine_attention(grown) is grown
+
+
+def test_shipped_unet_has_cross_attention_at_its_finest_level() -> None:
+    config = json.loads((Path(__file__).parents[1] / "assets/base-model/unet/config.json").read_text())
+    assert config["down_block_types"][0] == "CrossAttnDownBlock2D"
+    assert config["up_block_types"][-1] == "CrossAttnUpBlock2D"
+
+
+def test_identity_encoder_tells_the_held_out_concepts_apart() -> None:
+    """The shipped evaluator's leave-one-out identification of the 26 held-out concepts' references."""
+    from lifelong.folders import load_concepts
+    from lifelong.intake import load_images
+    from lifelong.metrics import IdentityEncoder, identity_features, leave_one_out_identification
+
+    encoder = IdentityEncoder.load()
+    groups = [identity_features(encoder, load_images(list(c.images), 64)) for c in load_concepts()]
+    assert len(groups) == 26
+    assert leave_one_out_identification(groups) >= 0.95
+
+
+@needs_font
+def test_identity_training_scenes_show_the_glyph_on_a_background() -> None:
+    from lifelong.world.train_identity import compose, glyph_bank, renderable_emoji
+
+    chars = renderable_emoji()
+    assert len(chars) > 1000 and all(e.char in chars for e in HELD_OUT)
+    images = compose(glyph_bank(chars[:8]), torch.Generator().manual_seed(0))
+    assert images.shape == (8, 3, 64, 64) and 0 <= images.min() and images.max() <= 1
+    assert (images.flatten(1).std(dim=1) > 0.05).all()  # not a flat background: the emoji is drawn

@@ -18,17 +18,11 @@ from pathlib import Path
 import torch
 
 from lifelong.base import BaseConfig, compile_requested, get_base
-from lifelong.bench import multi
+from lifelong.bench import learnability, multi
 from lifelong.bench.report import write_report
-from lifelong.bench.sequence import (
-    BUNDLED_CONCEPTS,
-    SequenceConfig,
-    load_concepts,
-    results_json,
-    run_sequence,
-    setup_record,
-)
+from lifelong.bench.sequence import SequenceConfig, results_json, run_sequence, setup_record
 from lifelong.errors import LifelongError
+from lifelong.folders import BUNDLED_CONCEPTS, load_concepts
 from lifelong.methods import METHODS
 from lifelong.metrics import EvalClip
 from lifelong.overrides import parse_pairs
@@ -66,7 +60,9 @@ def _lifelong_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"eval images per prompt and checkpoint (default {FULL['images_per_prompt']})",
     )
-    group.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of eval images")
+    group.add_argument(
+        "--sample-steps", type=int, default=None, help="DDIM steps of eval images (default 20; --learn: 25, the app's)"
+    )
     group.add_argument(
         "--quick",
         action="store_true",
@@ -95,7 +91,7 @@ def sequence_settings(args: argparse.Namespace) -> tuple[SequenceConfig, int]:
         steps=args.steps or defaults["steps"],
         images_per_prompt=args.images_per_prompt or defaults["images_per_prompt"],
         seed=args.seed,
-        sample_steps=args.sample_steps,
+        sample_steps=args.sample_steps or SequenceConfig.sample_steps,
         overrides=tuple(parse_pairs(args.set).items()),
     )
     return config, args.concepts or defaults["concepts"]
@@ -124,7 +120,13 @@ LIFELONG = Mode(
 MULTI = Mode(
     "multi", "pairs of learned concepts in one prompt, CAA/OAA off vs on", multi.add_arguments, multi.run
 )
-MODES: list[Mode] = [LIFELONG, MULTI]
+LEARN = Mode(
+    "learn",
+    "each concept learned alone: identification, normalised IA, background, TA, seconds",
+    learnability.add_arguments,
+    learnability.run,
+)
+MODES: list[Mode] = [LIFELONG, MULTI, LEARN]
 
 
 def build_parser() -> argparse.ArgumentParser:

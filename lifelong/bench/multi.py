@@ -24,7 +24,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,9 +32,9 @@ from PIL import Image, ImageDraw
 
 from lifelong.attention import AttentionRecord
 from lifelong.base import BaseConfig, BaseModel, compile_requested, get_base
-from lifelong.bench.sequence import BUNDLED_CONCEPTS, BenchConcept, load_concepts
 from lifelong.concepts import Session
 from lifelong.files import atomic_write, write_json
+from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts
 from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig, learn
@@ -66,7 +66,7 @@ class SettingResult:
     per_concept_ia: dict[str, float]  # each learned concept's mean IA over the pairs it is in
 
 
-def pair_prompt(first: BenchConcept, second: BenchConcept, color: str) -> str:
+def pair_prompt(first: FolderConcept, second: FolderConcept, color: str) -> str:
     one = " ".join(f"<{first.name}> {first.class_word}".split())
     two = " ".join(f"<{second.name}> {second.class_word}".split())
     return f"a {one} and a {two} on a {color} background"
@@ -87,11 +87,11 @@ def peak_crop(image: Image.Image, heat: torch.Tensor) -> Image.Image:
 class MultiEvaluator:
     """Scores crops against every concept's references (features cached)."""
 
-    def __init__(self, base: BaseModel, clip: EvalClip, everyone: Sequence[BenchConcept]) -> None:
+    def __init__(self, base: BaseModel, clip: EvalClip, everyone: Sequence[FolderConcept]) -> None:
         self.base, self.clip, self.everyone = base, clip, list(everyone)
         self.cache = FeatureCache()
 
-    def references(self, concept: BenchConcept) -> torch.Tensor:
+    def references(self, concept: FolderConcept) -> torch.Tensor:
         return self.cache.get(
             concept.name,
             lambda: image_features(self.clip, load_images(list(concept.images), self.base.resolution)),
@@ -103,10 +103,67 @@ class MultiEvaluator:
         return torch.stack([(features @ self.references(c).T).mean(1) for c in self.everyone], dim=1)
 
 
+@dataclass
+class _Tally:
+    """Per setting ("off", "on"), what the pairs' images scored so far."""
+
+    learned: list[str]
+    present: dict[str, list[bool]] = field(default_factory=lambda: {s: [] for s in SETTINGS})
+    own: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SETTINGS})
+    unrelated: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SETTINGS})
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SETTINGS, 0.0))
+    by_concept: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.by_concept = {s: {name: [] for name in self.learned} for s in SETTINGS}
+
+    def add(self, setting: str, scores: torch.Tensor, pair: list[int], names: list[str]) -> None:
+        """One image: ``scores`` (2 crops × every concept); both present when each crop is closest to its own
+        concept among the pair's own and every unrelated concept."""
+        others = [k for k in range(scores.shape[1]) if k not in pair]
+        shown = [True, True]
+        for c, k in enumerate(pair):
+            best_other = float(scores[c, others].max())
+            self.own[setting].append(float(scores[c, k]))
+            self.by_concept[setting][names[k]].append(float(scores[c, k]))
+            self.unrelated[setting].append(best_other)
+            shown[c] = float(scores[c, k]) > best_other
+        self.present[setting].append(all(shown))
+
+    def results(self, count: int) -> dict[str, SettingResult]:
+        return {
+            s: SettingResult(
+                both_present=sum(self.present[s]) / len(self.present[s]),
+                concept_ia=sum(self.own[s]) / len(self.own[s]),
+                unrelated_ia=sum(self.unrelated[s]) / len(self.unrelated[s]),
+                seconds_per_image=self.seconds[s] / count,
+                per_concept_ia={name: sum(v) / len(v) for name, v in self.by_concept[s].items()},
+            )
+            for s in SETTINGS
+        }
+
+
+def _learn_all(
+    base: BaseModel,
+    learned: Sequence[FolderConcept],
+    config: MultiConfig,
+    out: Path,
+    log: Callable[[str], None],
+) -> Session:
+    root = out / "sessions" / "multi"
+    shutil.rmtree(root, ignore_errors=True)
+    session = Session.create(root, base.name)
+    for concept in learned:
+        learn_config = LearnConfig(method=config.method, steps=config.steps, seed=config.seed)
+        learn(base, session, list(concept.images), concept.name, concept.class_word, learn_config)
+        log(f"[multi] learned <{concept.name}>")
+    return session
+
+
 def run_multi(
     base: BaseModel,
     clip: EvalClip,
-    everyone: Sequence[BenchConcept],
+    everyone: Sequence[FolderConcept],
     config: MultiConfig,
     out: Path,
     log: Callable[[str], None] = print,
@@ -115,30 +172,15 @@ def run_multi(
     learned = list(everyone[: config.concepts])
     if len(learned) < 2 or len(everyone) < 3:
         raise ValueError("the multi-concept benchmark needs 2+ learned concepts and 1+ unrelated one.")
-    root = out / "sessions" / "multi"
-    shutil.rmtree(root, ignore_errors=True)
-    session = Session.create(root, base.name)
-    for concept in learned:
-        learn(
-            session,
-            base,
-            list(concept.images),
-            concept.name,
-            concept.class_word,
-            LearnConfig(method=config.method, steps=config.steps, seed=config.seed),
-        )
-        log(f"[multi] learned <{concept.name}>")
+    session = _learn_all(base, learned, config, out, log)
     evaluator = MultiEvaluator(base, clip, everyone)
     plain = GenerateConfig(
         steps=config.sample_steps, num_images=config.images_per_pair, seed=config.seed, caa=False, oaa=False
     )
     guided = override(dataclasses.replace(plain, caa=True, oaa=True), dict(config.guided))
     settings = {"off": plain, "on": guided}
-    present: dict[str, list[bool]] = {s: [] for s in SETTINGS}
-    own: dict[str, list[float]] = {s: [] for s in SETTINGS}
-    by_concept: dict[str, dict[str, list[float]]] = {s: {c.name: [] for c in learned} for s in SETTINGS}
-    unrelated: dict[str, list[float]] = {s: [] for s in SETTINGS}
-    seconds = dict.fromkeys(SETTINGS, 0.0)
+    tally = _Tally([c.name for c in learned])
+    names = [c.name for c in everyone]
     rows = []
     for first, second in itertools.combinations(learned, 2):
         prompt = pair_prompt(first, second, config.color)
@@ -147,22 +189,12 @@ def run_multi(
             record = AttentionRecord()
             started = time.perf_counter()
             images = generate(base, session, prompt, settings[setting], record=record)
-            seconds[setting] += time.perf_counter() - started
-            labels = [f"<{first.name}>", f"<{second.name}>"]
-            maps = record.label_maps(labels)
+            tally.seconds[setting] += time.perf_counter() - started
+            maps = record.label_maps([f"<{first.name}>", f"<{second.name}>"])
             pair = [everyone.index(first), everyone.index(second)]
-            others = [k for k in range(len(everyone)) if k not in pair]
             for n, image in enumerate(images):
                 crops = [peak_crop(image, maps[n, c]) for c in range(2)]
-                scores = evaluator.scores(crops)
-                shown = [True, True]
-                for c, k in enumerate(pair):
-                    best_other = float(scores[c, others].max())
-                    own[setting].append(float(scores[c, k]))
-                    by_concept[setting][everyone[k].name].append(float(scores[c, k]))
-                    unrelated[setting].append(best_other)
-                    shown[c] = float(scores[c, k]) > best_other
-                present[setting].append(all(shown))
+                tally.add(setting, evaluator.scores(crops), pair, names)
             row.append((images[0], setting))
             overlays = record.images(images[:1])
             row += [
@@ -170,19 +202,9 @@ def run_multi(
                 for (overlay, _), which in zip(overlays, ("first", "second"), strict=True)
             ]
         rows.append((f"{first.name} + {second.name}", row))
+        present = tally.present
         log(f"[multi] {prompt}: both present off {present['off'][-1]}, on {present['on'][-1]} (last seed)")
-    count = len(rows) * config.images_per_pair
-    results = {
-        s: SettingResult(
-            both_present=sum(present[s]) / len(present[s]),
-            concept_ia=sum(own[s]) / len(own[s]),
-            unrelated_ia=sum(unrelated[s]) / len(unrelated[s]),
-            seconds_per_image=seconds[s] / count,
-            per_concept_ia={name: sum(v) / len(v) for name, v in by_concept[s].items()},
-        )
-        for s in SETTINGS
-    }
-    return results, pair_grid(rows)
+    return tally.results(len(rows) * config.images_per_pair), pair_grid(rows)
 
 
 def pair_grid(rows: Sequence[tuple[str, Sequence[tuple[Image.Image, str]]]]) -> Image.Image:
@@ -246,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps or MultiConfig.steps,
         images_per_pair=args.images_per_pair,
         seed=args.seed,
-        sample_steps=args.sample_steps,
+        sample_steps=args.sample_steps or MultiConfig.sample_steps,
         guided=tuple(parse_pairs(args.guided).items()),
     )
     everyone = load_concepts(args.concept_dir or BUNDLED_CONCEPTS)

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from lifelong.bench.sequence import REFERENCE, MethodResult  # noqa: E402
 from lifelong.files import atomic_write, write_json  # noqa: E402
+from lifelong.plots import ia_heatmap  # noqa: E402
 
 TILE = 96
 LABEL_WIDTH = 150
@@ -82,22 +83,7 @@ def _matrix_array(result: MethodResult) -> np.ndarray:
 
 
 def plot_ia_matrix(path: Path, method: str, result: MethodResult, names: Sequence[str]) -> None:
-    matrix = _matrix_array(result)
-    n = len(names)
-    figure, axes = plt.subplots(figsize=(1.2 + 0.62 * n, 0.9 + 0.55 * n))
-    image = axes.imshow(np.ma.masked_invalid(matrix), cmap="viridis")
-    middle = np.nanmin(matrix) + 0.6 * (np.nanmax(matrix) - np.nanmin(matrix))
-    for i in range(n):
-        for j in range(i, n):
-            color = "black" if matrix[i, j] > middle else "white"  # readable on viridis' light end
-            axes.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
-    axes.set_xticks(range(n), [str(j + 1) for j in range(n)])
-    axes.set_yticks(range(n), names, fontsize=8)
-    axes.set_xlabel("after learning concept j")
-    axes.set_title(f"IA(i, j): {method}", fontsize=10)
-    figure.colorbar(image, ax=axes, shrink=0.8)
-    figure.tight_layout()
-    _save_figure(figure, path)
+    _save_figure(ia_heatmap(_matrix_array(result), names, f"IA(i, j): {method}"), path)
 
 
 def plot_forgetting_curves(path: Path, results: dict[str, MethodResult], names: Sequence[str]) -> None:

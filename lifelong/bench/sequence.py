@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from PIL import Image
 
-from lifelong.base import REPO_ROOT, BaseModel
+from lifelong.base import BaseModel
 from lifelong.bench.resources import PeakMemory
 from lifelong.concepts import Session
-from lifelong.errors import UnknownMethodError
+from lifelong.errors import InvalidSettingError
 from lifelong.files import write_json
+from lifelong.folders import FolderConcept
 from lifelong.generate import GenerateConfig, generate
-from lifelong.intake import ImageSource, load_images, validate_name
+from lifelong.intake import load_images
 from lifelong.learner import LearnConfig, learn
 from lifelong.methods import METHODS, get_method
 from lifelong.metrics import (
@@ -43,8 +44,6 @@ from lifelong.metrics import (
 )
 from lifelong.overrides import override
 
-BUNDLED_CONCEPTS = REPO_ROOT / "assets" / "concepts"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 # Base-model prompts for the drift measure: scenes of the bundled world whose words any SD-1.x model also
 # reads as plain English; the benchmark's class words are added to them.
 DRIFT_SCENES = (
@@ -60,49 +59,11 @@ LEARN_FIELDS = {f.name for f in fields(LearnConfig)} - {"method", "settings", "s
 REFERENCE = "images/reference/{i}.png"  # concept i's first reference image, for the before/after grid
 
 
-@dataclass(frozen=True)
-class BenchConcept:
-    """A concept to learn: a valid concept name, an optional class word and its reference images."""
-
-    name: str
-    class_word: str
-    images: tuple[ImageSource, ...]
-
-    @property
-    def subject(self) -> str:
-        """What TA's text says instead of the token: the class word, else the name."""
-        return self.class_word or self.name.replace("_", " ").replace("-", " ")
-
-
 def _article(phrase: str) -> str:
     return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
 
 
-def load_concepts(folder: str | Path = BUNDLED_CONCEPTS, count: int | None = None) -> list[BenchConcept]:
-    """Concepts from ``folder``: its ``index.json`` ([{"name", "class_word"}], in order) if it has one,
-    else one subfolder of images per concept in name order (no class word). ``count`` takes the first ones.
-    """
-    folder = Path(folder)
-    index = folder / "index.json"
-    if index.exists():
-        entries = [(item["name"], item.get("class_word", "")) for item in json.loads(index.read_text())]
-    else:
-        entries = [(sub.name, "") for sub in sorted(folder.iterdir()) if sub.is_dir()]
-    concepts = []
-    for raw_name, class_word in entries:
-        images = sorted(p for p in (folder / raw_name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            raise ValueError(f"{folder / raw_name} holds no PNG, JPEG or WebP images.")
-        name = validate_name(raw_name.replace(" ", "_"))
-        concepts.append(BenchConcept(name, class_word, tuple(images)))
-    if count is not None:
-        if count > len(concepts):
-            raise ValueError(f"{folder} holds {len(concepts)} concepts; asked for {count}.")
-        concepts = concepts[:count]
-    return concepts
-
-
-def eval_prompts(concept: BenchConcept, colors: Sequence[str] = EVAL_COLORS) -> list[tuple[str, str]]:
+def eval_prompts(concept: FolderConcept, colors: Sequence[str] = EVAL_COLORS) -> list[tuple[str, str]]:
     """(prompt naming the concept's token, the same prompt for TA with the token replaced by its subject)."""
     token = " ".join(f"<{concept.name}> {concept.class_word}".split())
     pairs = [(f"a {token}", _article(concept.subject))]
@@ -113,7 +74,7 @@ def eval_prompts(concept: BenchConcept, colors: Sequence[str] = EVAL_COLORS) -> 
     return pairs
 
 
-def drift_prompts(concepts: Sequence[BenchConcept]) -> list[str]:
+def drift_prompts(concepts: Sequence[FolderConcept]) -> list[str]:
     """Base-model prompts that name no concept: the class words, then the fixed scenes."""
     words = dict.fromkeys(c.class_word for c in concepts if c.class_word)
     return [*(f"{_article(word)} on a gray background" for word in words), *DRIFT_SCENES]
@@ -145,7 +106,7 @@ class SequenceConfig:
         known = {key for method in METHODS.values() for key in method.settings()}
         unknown = [key for key, _ in self.overrides if key not in LEARN_FIELDS and key not in known]
         if unknown:
-            raise UnknownMethodError(f"no method has a setting {unknown[0]!r}.")
+            raise InvalidSettingError(f"no method has a setting {unknown[0]!r}.")
         for method in self.methods:
             get_method(method).resolve(dict(self.learn_config(method).settings))
 
@@ -181,7 +142,7 @@ class Evaluator:
     """Generates and scores the fixed eval images; reference and base-model features are cached."""
 
     def __init__(
-        self, base: BaseModel, clip: EvalClip, concepts: Sequence[BenchConcept], config: SequenceConfig
+        self, base: BaseModel, clip: EvalClip, concepts: Sequence[FolderConcept], config: SequenceConfig
     ) -> None:
         self.base, self.clip, self.concepts, self.config = base, clip, concepts, config
         self.cache = FeatureCache()
@@ -236,7 +197,7 @@ class Evaluator:
         session = Session.create(root, self.base.name)
         concept = self.concepts[0]
         learn(
-            session, self.base, list(concept.images), concept.name, concept.class_word, LearnConfig(steps=2)
+            self.base, session, list(concept.images), concept.name, concept.class_word, LearnConfig(steps=2)
         )
         self.concept(session, 0, 1, None)
         shutil.rmtree(root)
@@ -268,7 +229,7 @@ def run_method(evaluator: Evaluator, method: str, out: Path, log: Log = print) -
         learn_config = config.learn_config(method)
         started = time.perf_counter()
         with PeakMemory(base.device) as memory:
-            learn(session, base, list(concept.images), concept.name, concept.class_word, learn_config)
+            learn(base, session, list(concept.images), concept.name, concept.class_word, learn_config)
         seconds.append(time.perf_counter() - started)  # all of it: what a method stores after learning too
         peaks.append(memory.peak_mb)
         started = time.perf_counter()
@@ -319,7 +280,7 @@ def _finite_or_none(value: object) -> object:
 
 
 def setup_record(
-    config: SequenceConfig, model: str, eval_clip: str, concepts: Sequence[BenchConcept]
+    config: SequenceConfig, model: str, eval_clip: str, concepts: Sequence[FolderConcept]
 ) -> dict[str, object]:
     """Everything fixed before comparing methods; a resumed method must have been run with the same."""
     return {
@@ -338,7 +299,7 @@ def setup_record(
 def run_sequence(
     base: BaseModel,
     clip: EvalClip,
-    concepts: Sequence[BenchConcept],
+    concepts: Sequence[FolderConcept],
     config: SequenceConfig,
     out: Path,
     setup: dict[str, object],

@@ -63,7 +63,7 @@ def _sync(base: BaseModel) -> None:
 def time_method(base: BaseModel, method: str, steps: int, root: Path) -> MethodTiming:
     session = Session.create(root / method.replace("+", "_"), base.name)
     warmup = LearnConfig(method=method, steps=max(2, steps // 10), seed=1)
-    learn(session, base, _example_images(0, base.resolution), "first", "object", warmup)
+    learn(base, session, _example_images(0, base.resolution), "first", "object", warmup)
     stamps: list[float] = []
 
     def record(progress: Progress) -> None:
@@ -72,8 +72,8 @@ def time_method(base: BaseModel, method: str, steps: int, root: Path) -> MethodT
 
     with PeakMemory(base.device) as peak:
         result = learn(
-            session,
             base,
+            session,
             _example_images(1, base.resolution),
             "second",
             "object",

@@ -5,7 +5,8 @@ scheduler; no safety checker) whose UNet is stored in float16 to stay small (dif
 unless asked otherwise). eval-clip is the whole world CLIP with a CLIPProcessor-compatible image processor
 and the same tokenizer.
 
-`python -m lifelong.world.assemble [--unet runs/world/unet/ckpt/ema]`
+`python -m lifelong.world.assemble [--unet runs/world/unet/ckpt/ema]`, or, to swap only the UNet of an
+assembled pipeline (the other parts unchanged), `python -m lifelong.world.assemble --only-unet --unet DIR`.
 """
 
 from __future__ import annotations
@@ -91,14 +92,24 @@ def assemble(clip_path: Path, vae_path: Path, unet_path: Path, assets: Path) -> 
     _replace(assets / "eval-clip", write_eval_clip)
 
 
+def replace_unet(unet_path: Path, pipeline: Path) -> None:
+    """Swap the UNet of the assembled pipeline folder ``pipeline`` for ``unet_path`` (stored as shipped)."""
+    unet = with_linear_projection(UNet2DConditionModel.from_pretrained(unet_path, torch_dtype=torch.float32))
+    _replace(pipeline / "unet", unet.half().save_pretrained)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip", type=Path, default=Path("runs/world/clip/ckpt/model"))
     parser.add_argument("--vae", type=Path, default=Path("runs/world/vae/final"))
     parser.add_argument("--unet", type=Path, default=Path("runs/world/unet/ckpt/ema"))
     parser.add_argument("--assets", type=Path, default=Path("assets"))
+    parser.add_argument("--only-unet", action="store_true", help="swap only the UNet of assets/base-model")
     args = parser.parse_args()
-    assemble(args.clip, args.vae, args.unet, args.assets)
+    if args.only_unet:
+        replace_unet(args.unet, args.assets / "base-model")
+    else:
+        assemble(args.clip, args.vae, args.unet, args.assets)
 
 
 if __name__ == "__main__":

@@ -193,8 +193,17 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
+class FontMissingError(RuntimeError):
+    """The emoji font that renders the world is not installed."""
+
+
 @cache
 def _font() -> ImageFont.FreeTypeFont:
+    if not FONT_PATH.exists():
+        raise FontMissingError(
+            f"the world is drawn with Noto Color Emoji, expected at {FONT_PATH}: install it with "
+            "`apt-get install fonts-noto-color-emoji` (Debian/Ubuntu)"
+        )
     return ImageFont.truetype(str(FONT_PATH), _FONT_SIZE)
 
 

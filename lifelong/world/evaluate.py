@@ -27,7 +27,8 @@ from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
 from ..base import compile_default
-from .data import COLORS, HELD_IN, generate, with_article
+from ..metrics import background_color
+from .data import COLORS, FONT_PATH, HELD_IN, FontMissingError, generate, with_article
 
 BASE_MODEL = Path("assets/base-model")
 EVAL_CLIP = Path("assets/eval-clip")
@@ -98,17 +99,6 @@ def vae_psnr_db(pipe: StableDiffusionPipeline, n: int = 256) -> float:
     return float(10 * np.log10(1 / mse))
 
 
-def nearest_color(image: Image.Image, border: int = 3) -> str:
-    """Name of the world colour nearest to the median of the image's border pixels."""
-    pixels = np.asarray(image.convert("RGB")).astype(float)
-    mask = np.ones(pixels.shape[:2], dtype=bool)
-    mask[border:-border, border:-border] = False
-    median = np.median(pixels[mask], axis=0)
-    names = list(COLORS)
-    distances = [np.linalg.norm(median - np.array(COLORS[c])) for c in names]
-    return names[int(np.argmin(distances))]
-
-
 def generation_prompts(per_name: int = 2) -> list[tuple[int, str]]:
     """(HELD_IN index, colour) pairs: every name, `per_name` colours each, cycling through the colours."""
     colors = list(COLORS)
@@ -173,7 +163,7 @@ def evaluate(
         "vae_psnr_db": vae_psnr_db(pipe),
         "gen_object_top1": float(np.mean([p == i for p, (i, _) in zip(predicted, pairs, strict=True)])),
         "gen_color_acc": float(
-            np.mean([nearest_color(im) == c for im, (_, c) in zip(images, pairs, strict=True)])
+            np.mean([background_color(im, COLORS) == c for im, (_, c) in zip(images, pairs, strict=True)])
         ),
         "seconds_per_image_cpu": seconds_per_image(pipe),
     }
@@ -186,6 +176,8 @@ def main() -> None:
     parser.add_argument("--eval-clip", type=Path, default=EVAL_CLIP)
     parser.add_argument("--eager", action="store_true", help="time the uncompiled UNet")
     args = parser.parse_args()
+    if not FONT_PATH.exists():
+        parser.exit(2, f"error: {FontMissingError.__doc__} Install it with `apt-get install fonts-noto-color-emoji`.\n")
     result = evaluate(args.base_model, args.eval_clip, compile_unet=False if args.eager else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -15,6 +15,7 @@ weights (the EMA is what ships). The training images are encoded to latents once
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPModel, CLIPTextModel
 
 from .common import Checkpointer, Log, load_cache, to_pixels
+from .grow import with_fine_attention
 from .tokenizer import tokenize
 
 
@@ -46,6 +48,10 @@ class UnetTrainConfig:
     save_every: int = 250
     init: Path | None = None  # start from these UNet weights instead of from scratch
     reencode: bool = False  # re-encode the latents with `vae` (after the VAE changed)
+    text_encoder: Path | None = None  # a CLIPTextModel folder (e.g. assets/base-model/text_encoder) instead of `clip`
+    grow: bool = False  # add cross-attention at 16×16 first (grow.with_fine_attention: same function)
+    lr_new: float | None = None  # learning rate of the grown layers (default: lr)
+    budget_s: float | None = None  # stop (and save) after this many seconds
 
 
 def build_unet() -> UNet2DConditionModel:
@@ -82,9 +88,38 @@ def build_noise_scheduler() -> DDPMScheduler:
     )
 
 
-def load_text_encoder(clip_path: Path) -> CLIPTextModel:
-    """The text tower of the trained world CLIP (CLIPModel.text_model is a CLIPTextModel)."""
+def load_text_encoder(clip_path: Path, text_encoder: Path | None = None) -> CLIPTextModel:
+    """The text tower of the trained world CLIP (CLIPModel.text_model is a CLIPTextModel), or a saved
+    CLIPTextModel such as the shipped pipeline's."""
+    if text_encoder is not None:
+        return CLIPTextModel.from_pretrained(text_encoder).eval().requires_grad_(False)
     return CLIPModel.from_pretrained(clip_path).text_model.eval().requires_grad_(False)
+
+
+def _start_unet(cfg: UnetTrainConfig) -> UNet2DConditionModel:
+    if cfg.init is None:
+        return build_unet()
+    unet = UNet2DConditionModel.from_pretrained(cfg.init, torch_dtype=torch.float32)
+    return with_fine_attention(unet) if cfg.grow else unet
+
+
+def _param_groups(unet: UNet2DConditionModel, cfg: UnetTrainConfig) -> list[dict]:
+    """The grown attention blocks (16×16 level) at ``lr_new``, everything else at ``lr`` (frozen at 0)."""
+    new = [p for n, p in unet.named_parameters() if _is_grown(n)]
+    old = [p for n, p in unet.named_parameters() if not _is_grown(n)]
+    if not new or cfg.lr_new is None:
+        return [{"params": old + new, "lr": cfg.lr, "base_lr": cfg.lr}]
+    groups = [{"params": new, "lr": cfg.lr_new, "base_lr": cfg.lr_new}]
+    if cfg.lr > 0:
+        groups.append({"params": old, "lr": cfg.lr, "base_lr": cfg.lr})
+    else:  # the old layers stay as they are: the grown UNet keeps their function exactly
+        for param in old:
+            param.requires_grad_(False)
+    return groups
+
+
+def _is_grown(name: str) -> bool:
+    return name.startswith(("down_blocks.0.attentions.", "up_blocks.2.attentions."))
 
 
 @torch.no_grad()
@@ -114,30 +149,35 @@ def train(cfg: UnetTrainConfig, resume: bool) -> None:
     latents = torch.from_numpy(np.load(latents_file))
     ids = tokenize(captions[: len(latents)])
     empty = tokenize([""])[0]
-    text_encoder = load_text_encoder(cfg.clip)
+    text_encoder = load_text_encoder(cfg.clip, cfg.text_encoder)
     ckpt = Checkpointer(cfg.out / "ckpt")
     if resume and ckpt.exists():
         unet = UNet2DConditionModel.from_pretrained(ckpt.folder / "unet")
         ema = UNet2DConditionModel.from_pretrained(ckpt.folder / "ema")
         start = ckpt.state()["step"]
     else:
-        unet = UNet2DConditionModel.from_pretrained(cfg.init) if cfg.init else build_unet()
-        ema = build_unet()
+        unet = _start_unet(cfg)
+        ema = UNet2DConditionModel.from_config(unet.config)
         ema.load_state_dict(unet.state_dict())
         start = 0
     ema.requires_grad_(False)
     scheduler = build_noise_scheduler()
     alphas_cumprod = scheduler.alphas_cumprod
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.01)
+    groups = _param_groups(unet, cfg)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
     if start:
         ckpt.load_optimizer(optimizer)
+        for group, wanted in zip(optimizer.param_groups, groups, strict=True):
+            group["base_lr"] = wanted["base_lr"]  # this run's --lr/--lr-new, not the saved ones
     log(
         f"unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M params, {len(latents)} latents, start {start}"
     )
     rng = np.random.default_rng([cfg.seed, start])
     generator = torch.Generator().manual_seed(cfg.seed * 100003 + start)
     params, ema_params = list(unet.parameters()), list(ema.parameters())
+    trained = [p for p in params if p.requires_grad]
     running = 0.0
+    began = time.monotonic()
     for step in range(start, cfg.steps):
         unet.train()
         batch = np.sort(rng.choice(len(latents), size=cfg.batch, replace=False))
@@ -155,10 +195,10 @@ def train(cfg: UnetTrainConfig, resume: bool) -> None:
         target = scheduler.get_velocity(x0, noise, t)
         loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / 200)  # constant after warmup; the EMA averages
+            group["lr"] = group["base_lr"] * min(1.0, (step + 1 - start) / 200)  # constant after warmup
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
@@ -166,9 +206,12 @@ def train(cfg: UnetTrainConfig, resume: bool) -> None:
         if (step + 1) % 50 == 0:
             log(f"step {step + 1} loss {running / 50:.4f}")
             running = 0.0
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        out_of_time = cfg.budget_s is not None and time.monotonic() - began > cfg.budget_s
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or out_of_time:
             ckpt.save({"unet": unet, "ema": ema}, optimizer, step + 1)
             log(f"step {step + 1} saved")
+        if out_of_time:
+            break
 
 
 def main() -> None:
@@ -182,7 +225,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=UnetTrainConfig.out)
     parser.add_argument("--vae", type=Path, default=UnetTrainConfig.vae)
     parser.add_argument("--init", type=Path, help="start from these UNet weights (a diffusers folder)")
+    parser.add_argument("--n-latents", type=int, default=UnetTrainConfig.n_latents)
     parser.add_argument("--reencode", action="store_true", help="re-encode the latents with --vae first")
+    parser.add_argument("--text-encoder", type=Path, help="a CLIPTextModel folder instead of --clip")
+    parser.add_argument("--grow", action="store_true", help="add cross-attention at 16×16 to --init")
+    parser.add_argument("--lr-new", type=float, help="learning rate of the grown layers")
+    parser.add_argument("--budget-s", type=float, help="stop and save after this many seconds")
+    parser.add_argument("--batch", type=int, default=UnetTrainConfig.batch)
+    parser.add_argument("--save-every", type=int, default=UnetTrainConfig.save_every)
     args = parser.parse_args()
     cfg = UnetTrainConfig(**{k: v for k, v in vars(args).items() if k != "resume"})
     train(cfg, args.resume)

@@ -17,17 +17,13 @@ teacher DDIM steps (of 20) from noise, fresh every step.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
-from lifelong.errors import UnknownMethodError
+from lifelong.errors import InvalidSettingError
+from lifelong.generate import sampling_loop
 from lifelong.settings import Setting
-
-if TYPE_CHECKING:
-    from lifelong.learner import StepContext
-    from lifelong.methods import BuildContext
+from lifelong.step import BuildContext, StepContext, draw_noise
 
 GENERIC_PROMPTS = ("a photo", "a picture of an object", "an animal", "a landscape", "a painting")
 SOURCES = ("concepts", "classes", "generic", "empty")
@@ -51,7 +47,7 @@ def prompt_pool(ctx: BuildContext, sources: str) -> list[str]:
     """Prompts to distil on, from the named sources, without duplicates."""
     chosen = {source.strip() for source in sources.split(",") if source.strip()}
     if not chosen or chosen - set(SOURCES):
-        raise UnknownMethodError(f"dfkd_pool takes a comma-separated subset of {','.join(SOURCES)}.")
+        raise InvalidSettingError(f"dfkd_pool takes a comma-separated subset of {','.join(SOURCES)}.")
     earlier = ctx.session.concepts[: ctx.slot]
     pool: list[str] = []
     if "concepts" in chosen:
@@ -82,26 +78,23 @@ class DataFreeDistillation:
         if self._embeddings is None:  # the pool never holds the new token, so its encodings are fixed
             with torch.no_grad():
                 self._embeddings = ctx.encode(self.pool)
-        pseudo = self.samples > 0 and not self.sampler_steps
-        if pseudo:
+        if self.samples > 0 and not self.sampler_steps:
             latents, embeddings = self._pseudo_samples(ctx)
-        else:
-            embeddings = self._embeddings
-        device = ctx.latents.device
-        pick = torch.randint(0, len(embeddings), (self.batch,), generator=ctx.generator, device=device)
-        embeddings = embeddings[pick]
-        noise = torch.randn((self.batch, *ctx.latents.shape[1:]), generator=ctx.generator, device=device)
-        steps = ctx.base.train_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (self.batch,), generator=ctx.generator, device=device)
-        if pseudo:
-            noisy = ctx.base.train_scheduler.add_noise(latents[pick], noise, timesteps)
-        elif self.sampler_steps:
+            pick = self._pick(ctx, len(embeddings))
+            return self.weight * ctx.loss(latents[pick], embeddings[pick], distil=True)
+        embeddings = self._embeddings[self._pick(ctx, len(self._embeddings))]
+        shape = (self.batch, *ctx.latents.shape[1:])
+        noise, timesteps = draw_noise(ctx.base, shape, ctx.generator, ctx.latents.device)
+        if self.sampler_steps:
             noisy, timesteps = self._teacher_walk(ctx, noise, embeddings)
         else:
             noisy = noise
-        student = ctx.student(noisy.to(ctx.base.dtype), timesteps, embeddings)
-        teacher = ctx.teacher(noisy.to(ctx.base.dtype), timesteps, embeddings)
-        return self.weight * F.mse_loss(student, teacher)
+        noisy = noisy.to(ctx.base.dtype)
+        student = ctx.student(noisy, timesteps, embeddings)
+        return self.weight * F.mse_loss(student, ctx.teacher(noisy, timesteps, embeddings))
+
+    def _pick(self, ctx: StepContext, count: int) -> torch.Tensor:
+        return torch.randint(0, count, (self.batch,), generator=ctx.generator, device=ctx.latents.device)
 
     @torch.no_grad()
     def _pseudo_samples(self, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,18 +113,19 @@ class DataFreeDistillation:
     def _teacher_walk(
         self, ctx: StepContext, noise: torch.Tensor, embeddings: torch.Tensor, walk: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``walk`` (default: j ~ U{1..sampler_steps}) teacher DDIM steps of 20 from ``noise``; returns the
-        latents and the timestep they are at (the last grid step when the walk is complete)."""
+        """``walk`` (default: j ~ U{1..sampler_steps}) teacher sampler steps of 20 from ``noise`` (the
+        generator's own loop, without guidance); returns the latents and the timestep they are at (the last
+        grid step when the walk is complete)."""
         scheduler = ctx.base.sampling_scheduler()
         scheduler.set_timesteps(SAMPLER_GRID, device=noise.device)
         if walk is None:
             walk = int(
                 torch.randint(1, self.sampler_steps + 1, (1,), generator=ctx.generator, device=noise.device)
             )
-        latents = noise * scheduler.init_noise_sigma
-        for t in scheduler.timesteps[:walk]:
-            out = ctx.teacher(scheduler.scale_model_input(latents, t).to(ctx.base.dtype), t, embeddings)
-            latents = scheduler.step(out, t, latents).prev_sample
+        teacher = lambda latents, t: ctx.teacher(latents.to(ctx.base.dtype), t, embeddings)  # noqa: E731
+        latents = sampling_loop(
+            scheduler, noise * scheduler.init_noise_sigma, scheduler.timesteps[:walk], teacher
+        )
         return latents, scheduler.timesteps[min(walk, SAMPLER_GRID - 1)].repeat(len(latents))
 
 

@@ -13,15 +13,10 @@ update kept half the norm it has without the penalty; λ = 1e6 froze later conce
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from lifelong.settings import Setting
-
-if TYPE_CHECKING:
-    from lifelong.learner import StepContext
-    from lifelong.methods import BuildContext
+from lifelong.step import BuildContext, StepContext
 
 SETTINGS = {"clora_weight": Setting(1e3, "λ: weight of the overlap penalty", 0.0)}
 

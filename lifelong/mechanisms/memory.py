@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +32,7 @@ from lifelong.encoding import decode, encode_images, encode_text
 from lifelong.generate import GenerateConfig, denoise, initial_noise
 from lifelong.metrics import EvalClip, image_features
 from lifelong.settings import Setting
-
-if TYPE_CHECKING:
-    from lifelong.learner import StepContext
-    from lifelong.methods import AfterLearnContext, BuildContext
+from lifelong.step import AfterLearnContext, BuildContext, StepContext
 
 Features = Callable[[Sequence[Image.Image]], torch.Tensor]
 

@@ -10,17 +10,11 @@ so earlier concepts keep being trained on while the new one is learned.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-import torch.nn.functional as F
 
-from lifelong.regularizers.memory import ShortTermMemory, short_term_memory
+from lifelong.mechanisms.memory import ShortTermMemory, short_term_memory
 from lifelong.settings import Setting
-
-if TYPE_CHECKING:
-    from lifelong.learner import StepContext
-    from lifelong.methods import BuildContext
+from lifelong.step import BuildContext, StepContext
 
 SETTINGS = {
     "tame_weight": Setting(1.0, "μ: weight of the replayed samples' diffusion loss", 0.0),
@@ -38,12 +32,7 @@ class MemoryReplay:
         if not len(self.memory):
             return ctx.latents.new_zeros(())
         latents, embeddings, _ = self.memory.batch(ctx, self.batch)
-        noise = torch.randn(latents.shape, generator=ctx.generator, device=latents.device)
-        steps = ctx.base.train_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (len(latents),), generator=ctx.generator, device=latents.device)
-        noisy = ctx.base.train_scheduler.add_noise(latents, noise, timesteps)
-        prediction = ctx.student(noisy.to(ctx.base.dtype), timesteps, embeddings)
-        return self.weight * F.mse_loss(prediction, ctx.target(latents, noise, timesteps))
+        return self.weight * ctx.loss(latents, embeddings)
 
 
 def build(ctx: BuildContext) -> MemoryReplay:

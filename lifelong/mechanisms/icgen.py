@@ -8,15 +8,11 @@ the first of the last s·N sampler steps (img2img / SDEdit); s = 1 is plain text
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from lifelong.encoding import encode_images
 from lifelong.settings import Setting
-
-if TYPE_CHECKING:
-    from lifelong.methods import AfterLearnContext
+from lifelong.step import AfterLearnContext
 
 SETTINGS = {
     "icgen_images": Setting(3, "images whose latents are kept as the concept's vision context", 1, 20)

@@ -9,19 +9,14 @@
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from lifelong.files import write_safetensors
-from lifelong.regularizers.memory import sample_latents
+from lifelong.mechanisms.memory import sample_latents
 from lifelong.settings import Setting
-
-if TYPE_CHECKING:
-    from lifelong.learner import StepContext
-    from lifelong.methods import BuildContext
+from lifelong.step import BuildContext, StepContext
 
 SETTINGS = {
     "prior_weight": Setting(1.0, "λ: weight of the class images' diffusion loss", 0.0),
@@ -60,13 +55,7 @@ class PriorPreservation:
             0, len(self.latents), (self.batch,), generator=ctx.generator, device=ctx.latents.device
         )
         latents = self.latents.to(ctx.latents.device)[pick]
-        noise = torch.randn(latents.shape, generator=ctx.generator, device=latents.device)
-        steps = ctx.base.train_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (len(latents),), generator=ctx.generator, device=latents.device)
-        noisy = ctx.base.train_scheduler.add_noise(latents, noise, timesteps)
-        embeddings = self._embedding.expand(len(latents), -1, -1)
-        prediction = ctx.student(noisy.to(ctx.base.dtype), timesteps, embeddings)
-        return self.weight * F.mse_loss(prediction, ctx.target(latents, noise, timesteps))
+        return self.weight * ctx.loss(latents, self._embedding.expand(len(latents), -1, -1))
 
 
 def build(ctx: BuildContext) -> PriorPreservation:

@@ -1,44 +1,24 @@
 """Gradio forms generated from config dataclasses, so a new field shows up in the UI by itself.
 
 ``Form.build(LearnConfig)`` makes one component per field (bool → checkbox, int/float → number or slider,
-str → textbox, the ``settings`` dict → a ``key=value`` box) with the field's source comment as its help
-text; ``form.parse(*values)`` turns the components' values back into a config through
+str → textbox, the ``settings`` dict → a ``key=value`` box) with the help text and bounds written on the field
+(``lifelong.configs``); ``form.parse(*values)`` turns the components' values back into a config through
 :func:`lifelong.overrides.override`, the same path the CLI's ``--set`` takes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, get_type_hints
 
 import gradio as gr
 
+from lifelong.configs import bounds
 from lifelong.overrides import override, parse_pairs
 
 C = TypeVar("C")
-_COMMENT = re.compile(r"^[ \t]+(\w+)[ \t]*:[^=#\n]+=[^#\n]*#[ \t]*(.+)$", re.MULTILINE)
-# slider ranges ("Class.field") for fields whose sensible range is known; other numbers get a number box
-RANGES: dict[str, tuple[float, float, float]] = {
-    "LearnConfig.steps": (1, 2000, 1),
-    "LearnConfig.lora_rank": (1, 64, 1),
-    "GenerateConfig.steps": (1, 200, 1),
-    "GenerateConfig.num_images": (1, 16, 1),
-    "GenerateConfig.guidance_scale": (0.0, 20.0, 0.5),
-    "GenerateConfig.icgen_strength": (0.0, 1.0, 0.05),
-}
-
-
-def field_help(cls: type) -> dict[str, str]:
-    """The trailing ``# comment`` of each field in the dataclass's source."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return {name: comment.strip() for name, comment in _COMMENT.findall(source)}
 
 
 def _label(name: str) -> str:
@@ -46,18 +26,21 @@ def _label(name: str) -> str:
 
 
 def _component(
-    owner: str, name: str, hint: Any, default: Any, info: str | None, elem_id: str
+    item: dataclasses.Field[Any], hint: Any, default: Any, elem_id: str
 ) -> gr.components.Component:
-    common = {"label": _label(name), "info": info, "elem_id": elem_id}
+    """A slider for bounded numbers, a number box for others, a checkbox, a textbox or a key=value box."""
+    info = item.metadata.get("help")
+    common = {"label": _label(item.name), "info": info, "elem_id": elem_id}
     if hint is bool:
         return gr.Checkbox(value=default, **common)
     if hint in (int, float):
-        if f"{owner}.{name}" in RANGES:
-            low, high, step = RANGES[f"{owner}.{name}"]
+        span = bounds(item)
+        if span is not None:
+            low, high, step = span
             return gr.Slider(low, high, value=default, step=step, **common)
         return gr.Number(value=default, precision=0 if hint is int else None, **common)
     if isinstance(default, dict):
-        common["info"] = info or "one key=value per line"
+        common["info"] = (info + "; " if info else "") + "one key=value per line"
         return gr.Textbox(value="\n".join(f"{k}={v}" for k, v in default.items()), lines=2, **common)
     return gr.Textbox(value="" if default is None else str(default), **common)
 
@@ -76,13 +59,11 @@ class Form(Generic[C]):
         config_cls: type[C],
         exclude: Iterable[str] = (),
         only: Iterable[str] | None = None,
-        defaults: C | None = None,
     ) -> Form[C]:
         """Create the components (inside a Blocks context) for the fields in ``only`` (default: all) that
-        are not in ``exclude``."""
+        are not in ``exclude``; each field's default, bounds and help come from its definition."""
         hints = get_type_hints(config_cls)
-        help_text = field_help(config_cls)
-        instance = defaults if defaults is not None else config_cls()
+        instance = config_cls()
         names, components = [], []
         for item in dataclasses.fields(config_cls):  # type: ignore[arg-type]
             if item.name in set(exclude) or (only is not None and item.name not in set(only)):
@@ -91,8 +72,7 @@ class Form(Generic[C]):
             names.append(item.name)
             owner = config_cls.__name__
             elem_id = f"{owner.lower()}-{item.name}"  # e.g. learnconfig-steps, for browser tests
-            info = help_text.get(item.name)
-            components.append(_component(owner, item.name, hints[item.name], default, info, elem_id))
+            components.append(_component(item, hints[item.name], default, elem_id))
         return cls(config_cls, names, components)
 
     def component(self, name: str) -> gr.components.Component:
@@ -102,7 +82,7 @@ class Form(Generic[C]):
         """One form from two built for the same config in different places of the layout."""
         return Form(self.cls, self.names + other.names, self.components + other.components)
 
-    def parse(self, *values: Any, base: C | None = None, **fixed: Any) -> C:
+    def parse(self, *values: Any, **fixed: Any) -> C:
         """A config from the components' values (in ``components`` order) plus ``fixed`` fields."""
         changes: dict[str, Any] = dict(fixed)
         for name, value in zip(self.names, values, strict=True):
@@ -110,8 +90,8 @@ class Form(Generic[C]):
                 changes.update(parse_pairs([line for line in str(value or "").splitlines() if line.strip()]))
             elif value is not None:
                 changes[name] = value
-        return override(base if base is not None else self.cls(), changes)
+        return override(self.cls(), changes)
 
-    def parse_dict(self, data: dict[Any, Any], base: C | None = None, **fixed: Any) -> C:
+    def parse_dict(self, data: dict[Any, Any], **fixed: Any) -> C:
         """Like ``parse``, from an event's ``{component: value}`` dict (inputs given as a set)."""
-        return self.parse(*(data[component] for component in self.components), base=base, **fixed)
+        return self.parse(*(data[component] for component in self.components), **fixed)

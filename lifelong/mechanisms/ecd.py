@@ -10,16 +10,12 @@ On STM samples (x₀, c, i) (real generated latents, not noise), with the previo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import torch
 
-from lifelong.regularizers.memory import ShortTermMemory, short_term_memory
+from lifelong.mechanisms.memory import ShortTermMemory, short_term_memory
 from lifelong.settings import Setting
-
-if TYPE_CHECKING:
-    from lifelong.learner import StepContext
-    from lifelong.methods import BuildContext
+from lifelong.step import BuildContext, StepContext
 
 SETTINGS = {
     "ecd_weight": Setting(1.0, "λ: weight of the elastic distillation loss", 0.0),
@@ -44,13 +40,9 @@ class ElasticDistillation:
         if not len(self.memory):
             return ctx.latents.new_zeros(())
         latents, embeddings, concepts = self.memory.batch(ctx, self.batch)
-        noise = torch.randn(latents.shape, generator=ctx.generator, device=latents.device)
-        steps = ctx.base.train_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (len(latents),), generator=ctx.generator, device=latents.device)
-        noisy = ctx.base.train_scheduler.add_noise(latents, noise, timesteps).to(ctx.base.dtype)
-        error = (ctx.student(noisy, timesteps, embeddings) - ctx.teacher(noisy, timesteps, embeddings)) ** 2
+        error = ctx.loss(latents, embeddings, distil=True, per_sample=True)
         weights = torch.tensor([self.weights[i] for i in concepts], device=error.device)
-        return self.weight * (weights * error.flatten(1).mean(1)).mean()
+        return self.weight * (weights * error).mean()
 
 
 def build(ctx: BuildContext) -> ElasticDistillation:

@@ -1,0 +1,56 @@
+"""Concepts kept as folders of images: the examples shipped in ``assets/concepts`` and a user's own.
+
+A folder holds one subfolder of images per concept and, optionally, an ``index.json``
+(``[{"name", "class_word"}]``, in order). The app offers the shipped ones as one-click examples; the
+benchmarks learn them in order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lifelong.base import REPO_ROOT
+from lifelong.intake import ImageSource, validate_name
+
+BUNDLED_CONCEPTS = REPO_ROOT / "assets" / "concepts"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+@dataclass(frozen=True)
+class FolderConcept:
+    """A concept to learn: a valid concept name, an optional class word and its reference images."""
+
+    name: str
+    class_word: str
+    images: tuple[ImageSource, ...]
+
+    @property
+    def subject(self) -> str:
+        """What TA's text says instead of the token: the class word, else the name."""
+        return self.class_word or self.name.replace("_", " ").replace("-", " ")
+
+
+def load_concepts(folder: str | Path = BUNDLED_CONCEPTS, count: int | None = None) -> list[FolderConcept]:
+    """Concepts from ``folder``: its ``index.json`` if it has one, else one subfolder of images per concept
+    in name order (no class word). ``count`` takes the first ones.
+    """
+    folder = Path(folder)
+    index = folder / "index.json"
+    if index.exists():
+        entries = [(item["name"], item.get("class_word", "")) for item in json.loads(index.read_text())]
+    else:
+        entries = [(sub.name, "") for sub in sorted(folder.iterdir()) if sub.is_dir()]
+    concepts = []
+    for raw_name, class_word in entries:
+        images = sorted(p for p in (folder / raw_name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise ValueError(f"{folder / raw_name} holds no PNG, JPEG or WebP images.")
+        name = validate_name(raw_name.replace(" ", "_"))
+        concepts.append(FolderConcept(name, class_word, tuple(images)))
+    if count is not None:
+        if count > len(concepts):
+            raise ValueError(f"{folder} holds {len(concepts)} concepts; asked for {count}.")
+        concepts = concepts[:count]
+    return concepts

@@ -1,0 +1,80 @@
+"""The Generate tab: a prompt with the session's concepts as chips, the settings from ``GenerateConfig``,
+images and (on request) where each concept attends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from lifelong.configs import GenerateConfig
+from lifelong.service import Studio
+from lifelong.ui.common import GPU, TRACKER, Page, user_errors, user_of
+from lifelong.ui.forms import Form
+from lifelong.ui.jobs import check_generate, generate_job
+
+MAIN_SETTINGS = ("negative_prompt", "seed", "steps", "guidance_scale", "num_images", "icgen_strength")
+
+
+def insert_token(sample: Any, prompt: str) -> str:
+    """Append a clicked concept chip to the prompt."""
+    token = sample[0] if isinstance(sample, list | tuple) else str(sample)
+    return f"{prompt.rstrip()} {token}".strip() if prompt else f"a {token}"
+
+
+@dataclass
+class GenerateTab:
+    studio: Studio
+    page: Page
+    prompt: gr.Textbox
+    form: Form[GenerateConfig]
+    show_maps: gr.Checkbox
+
+    @user_errors
+    def generate(
+        self, data: dict[Any, Any], request: gr.Request, progress: gr.Progress = TRACKER
+    ) -> tuple[list[str], gr.Gallery]:
+        """The images and overlays, saved to the session's own folder of Gradio's cache."""
+        user = user_of(self.studio, request)
+        config = self.form.parse_dict(data)
+        check_generate(self.page.key, config)
+        maps = bool(data[self.show_maps])
+        images, overlays = generate_job(self.page.key, user, data[self.prompt], config, maps, progress)
+        files = self.page.files
+        shown_overlays = [(files.image(user, overlay), caption) for overlay, caption in overlays]
+        return [files.image(user, image) for image in images], gr.Gallery(value=shown_overlays, visible=maps)
+
+
+def create_demo(studio: Studio, page: Page) -> None:
+    """The tab's layout and events (inside ``gr.Tab``); places ``page.chips``, sets ``page.generate_inputs``
+    (the Forgetting tab samples with the same settings)."""
+    with gr.Row():
+        with gr.Column():
+            prompt = gr.Textbox(
+                label="Prompt", placeholder="a <rex> dog on a blue background", elem_id="prompt"
+            )
+            page.chips.render()
+            form = Form.build(GenerateConfig, only=MAIN_SETTINGS)
+            with gr.Accordion("Multi-concept attention and more", open=False):
+                show_maps = gr.Checkbox(
+                    label="Show attention maps", info="where each concept of the prompt attends"
+                )
+                form += Form.build(GenerateConfig, exclude=MAIN_SETTINGS)
+            generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+        with gr.Column():
+            generated = gr.Gallery(
+                label="Images",
+                columns=2,
+                fit_columns=False,
+                format="png",
+                interactive=False,
+                elem_id="generated",
+            )
+            maps = gr.Gallery(label="Attention maps", columns=4, format="png", visible=False)
+    tab = GenerateTab(studio, page, prompt, form, show_maps)
+    page.generate_inputs, page.generate_form = {prompt, show_maps, *form.components}, form
+    page.chips.click(insert_token, [page.chips, prompt], prompt, api_name=False)
+    outputs = [generated, maps]
+    generate_button.click(tab.generate, page.generate_inputs, outputs, api_name="generate", **GPU)
+    prompt.submit(tab.generate, page.generate_inputs, outputs, api_name=False, **GPU)

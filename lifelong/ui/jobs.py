@@ -1,0 +1,93 @@
+"""The app's model jobs, each under ``@spaces.GPU`` (a no-op off a ZeroGPU Space) with a duration computed
+from its settings by lifelong.limits, the same cost that refuses a job over the app's budget (the tabs call
+the ``check_*`` functions here before a job waits for the GPU). What crosses into a job is plain data
+(strings, paths, config dataclasses); a job finds the model through ``STUDIOS``, which a ZeroGPU worker
+inherits when it forks."""
+
+from __future__ import annotations
+
+import gradio as gr
+import spaces
+from PIL import Image
+
+from lifelong.configs import GenerateConfig, LearnConfig
+from lifelong.limits import generate_seconds, learn_seconds
+from lifelong.service import ForgettingReport, Studio
+from lifelong.ui.common import reporter, shown
+
+STUDIOS: dict[str, Studio] = {}
+
+
+def register(studio: Studio) -> str:
+    """A picklable key for ``studio``, so GPU jobs receive the key rather than the model."""
+    key = str(id(studio))
+    STUDIOS[key] = studio
+    return key
+
+
+def check_learn(key: str, config: LearnConfig) -> None:
+    """Refuse a learn out of range or over the budget before it is queued for the GPU."""
+    STUDIOS[key].check_learn(config)
+
+
+def check_generate(key: str, config: GenerateConfig) -> None:
+    STUDIOS[key].check_generate(config)
+
+
+def check_forgetting(key: str, user: str, config: GenerateConfig) -> None:
+    STUDIOS[key].check_forgetting(user, config)
+
+
+def _learn_duration(
+    key: str,
+    user: str,
+    images: list[str],
+    name: str,
+    class_word: str,
+    config: LearnConfig,
+    progress: gr.Progress,
+) -> int:
+    """Seconds to ask ZeroGPU for (spaces calls it with the job's own arguments)."""
+    return int(learn_seconds(config))
+
+
+@spaces.GPU(duration=_learn_duration)
+def learn_job(
+    key: str,
+    user: str,
+    images: list[str],
+    name: str,
+    class_word: str,
+    config: LearnConfig,
+    progress: gr.Progress,
+) -> str:
+    concept = STUDIOS[key].learn(user, images, name, class_word, config, reporter(progress))
+    return f"Learned **{shown(concept.token)}** with {concept.method} in {concept.seconds:.1f} s."
+
+
+def _generate_duration(
+    key: str, user: str, prompt: str, config: GenerateConfig, maps: bool, progress: gr.Progress
+) -> int:
+    return int(generate_seconds(config))
+
+
+@spaces.GPU(duration=_generate_duration)
+def generate_job(
+    key: str, user: str, prompt: str, config: GenerateConfig, maps: bool, progress: gr.Progress
+) -> tuple[list[Image.Image], list[tuple[Image.Image, str]]]:
+    studio = STUDIOS[key]
+    if maps:
+        return studio.generate_with_maps(user, prompt, config, progress=reporter(progress))
+    return studio.generate(user, prompt, config, progress=reporter(progress)), []
+
+
+def _forgetting_duration(key: str, user: str, config: GenerateConfig, progress: gr.Progress) -> int:
+    return int(generate_seconds(config, STUDIOS[key].forgetting_generations(user)))
+
+
+@spaces.GPU(duration=_forgetting_duration)
+def forgetting_job(key: str, user: str, config: GenerateConfig, progress: gr.Progress) -> ForgettingReport:
+    def report(done: int, total: int) -> None:
+        progress((done, total), desc=f"comparing checkpoints · image set {done}/{total}", unit="sets")
+
+    return STUDIOS[key].forgetting(user, config, report)
