@@ -117,19 +117,29 @@ def _raw_weight(layer: nn.Module) -> torch.Tensor:
 
 @contextmanager
 def use_state(base: BaseModel, state: ModelState) -> Iterator[None]:
-    """Write ``state`` into the shared base for the block (holding the base's lock), then restore it."""
+    """Write ``state`` into the shared base for the block (holding the base's lock), then restore it.
+
+    Every slot's embedding row starts from the base's own (``pristine_rows``), not from whatever the last
+    job left, and the rows found are put back exactly afterwards: a slot no concept of this state fills
+    reads as the untrained base row, whoever used it before.
+    """
     with base.lock:
         unet = base.pipe.unet
         table = base.pipe.text_encoder.get_input_embeddings().weight
         unknown = set(state.weight_deltas) - set(target_module_names(unet, "lora-attn"))
         if unknown:
             raise ValueError(f"state names modules this base does not have: {sorted(unknown)[:3]}")
+        if not set(state.embeddings) <= set(base.slot_token_ids):
+            raise ValueError("state writes embedding rows that are not concept slots")
         pristine = _base_weights(base, list(state.weight_deltas))
+        slots = torch.tensor(base.slot_token_ids, device=table.device)
+        found = table[slots].detach().clone()
         try:
             with torch.no_grad():
                 for name, delta in state.weight_deltas.items():
                     weight = _raw_weight(unet.get_submodule(name))
                     weight.copy_((pristine[name].float() + delta.to(weight.device)).to(weight.dtype))
+                table[slots] = base.pristine_rows.to(table.device)
                 for token_id, vector in state.embeddings.items():
                     table[token_id] = vector.to(table.device, table.dtype)
             yield
@@ -137,6 +147,7 @@ def use_state(base: BaseModel, state: ModelState) -> Iterator[None]:
             with torch.no_grad():
                 for name in state.weight_deltas:
                     _raw_weight(unet.get_submodule(name)).copy_(pristine[name])
+                table[slots] = found
 
 
 class _AddDelta(nn.Module):

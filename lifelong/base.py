@@ -29,6 +29,15 @@ def default_model() -> str:
     return os.environ.get(BASE_MODEL_ENV) or str(BUNDLED_MODEL)
 
 
+def public_model_name(model: str) -> str:
+    """How a model is named outside this server: a hub id as it is, a local folder by its own name only
+    (its path says how this machine is laid out, which a message or an exported file must not)."""
+    path = Path(model)
+    if model and (path.is_absolute() or model.startswith((".", "~")) or path.exists()):
+        return path.name
+    return model
+
+
 def compile_requested() -> bool:
     """Whether $LIFELONG_COMPILE asks for compile: for one-shot commands, where compiling rarely pays."""
     return os.environ.get(COMPILE_ENV) == "1"
@@ -75,6 +84,9 @@ class BaseModel:
     # the frozen UNet's dtype, read once: diffusers' ModelMixin.dtype walks every module (~2 ms on the bundled
     # UNet), and sampling and training need it at every step
     dtype: torch.dtype
+    # the slot tokens' embedding rows as loaded: every job starts from them and puts back what it found
+    # (adapters.use_state), so no concept of one session is ever seen by another's prompt
+    pristine_rows: torch.Tensor
     pristine: dict[str, torch.Tensor] = field(default_factory=dict)  # target weights as loaded (adapters.py)
     compiled_unet: torch.nn.Module | None = None  # made on first use by sampling_unet()
     # set by adapters.trainable while a trainable set is attached: sampling then (after-learn memory
@@ -154,8 +166,9 @@ def prepare_base(
     device = pipe.unet.device
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if bf16 else "no")
+    rows = pipe.text_encoder.get_input_embeddings().weight[ids].detach().clone()
     return BaseModel(
-        pipe, config, train_scheduler, list(ids), threading.RLock(), accelerator, pipe.unet.dtype
+        pipe, config, train_scheduler, list(ids), threading.RLock(), accelerator, pipe.unet.dtype, rows
     )
 
 

@@ -8,19 +8,21 @@ A session is a folder::
 
 Checkpoint k is the model right after learning concept k (0 = the base model). It is composed from the
 stored deltas, never stored as a model copy. ``export`` packs the folder into one zip file; ``import_file``
-unpacks one, refusing anything that is not exactly our format.
+unpacks one, refusing anything that is not exactly our format (see lifelong.manifest, lifelong.signature
+and lifelong.archive: an imported file is a stranger's).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -28,18 +30,27 @@ from PIL import Image
 from safetensors import SafetensorError, safe_open
 
 from lifelong.adapters import KINDS, ConceptDelta, ModelState, compose
-from lifelong.base import slot_token
+from lifelong.archive import Archive, brief, open_archive, parse_json
+from lifelong.base import BaseModel, public_model_name, slot_token
 from lifelong.errors import CheckpointError, DuplicateConceptError, InvalidPromptError, SessionFormatError
 from lifelong.files import atomic_write, write_json, write_png, write_safetensors
-from lifelong.intake import NAME_PATTERN
+from lifelong.intake import MAX_IMAGES
+from lifelong.manifest import (
+    FORMAT,
+    MAX_DEPTH,
+    MAX_MANIFEST_BYTES,
+    VERSION,
+    check_manifest,
+    checkpoint_file,
+    concept_files,
+    image_file,
+)
+from lifelong.prompts import TOKEN_PATTERN, check_prompt
+from lifelong.signature import BaseSignature, Shaped
 
-FORMAT = "lifelong-session"
 CHECKPOINT_FORMAT = "lifelong-concept"
-VERSION = 1
 MANIFEST = "manifest.json"
-TOKEN_PATTERN = re.compile(r"<([a-z0-9][a-z0-9_-]{0,31})>")
-_EXPORT_SUFFIXES = {".json", ".png", ".safetensors"}
-_MAX_EXPORT_BYTES = 4 << 30
+SESSION_FILE = "the session file"  # how messages name an imported file: never by its path on this server
 
 
 @dataclass
@@ -62,17 +73,11 @@ class Concept:
     def token(self) -> str:
         return f"<{self.name}>"
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Concept:
-        try:
-            concept = cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
-        except TypeError as error:
-            raise SessionFormatError(f"the manifest has a damaged concept entry ({error}).") from error
-        if not NAME_PATTERN.match(concept.name):
-            raise SessionFormatError(
-                f"the manifest names a concept {concept.name!r} that is not a valid name."
-            )
-        return concept
+
+def max_session_bytes(signature: BaseSignature, concepts: int) -> int:
+    """The largest session file that can hold ``concepts`` concepts for this base (before zip overhead)."""
+    per_concept = signature.max_checkpoint_bytes() + MAX_IMAGES * signature.max_image_bytes()
+    return MAX_MANIFEST_BYTES + concepts * per_concept
 
 
 def _check_inside(root: Path, relative: str) -> Path:
@@ -94,18 +99,37 @@ def save_checkpoint(path: Path, delta: ConceptDelta, extras: dict[str, torch.Ten
     write_safetensors(path, tensors, metadata)
 
 
-def load_checkpoint(path: Path) -> tuple[ConceptDelta, dict[str, torch.Tensor]]:
-    """Read a concept checkpoint (safetensors only, never pickle) and check it is ours."""
+def load_checkpoint(
+    path: Path, signature: BaseSignature | None = None, label: str = ""
+) -> tuple[ConceptDelta, dict[str, torch.Tensor]]:
+    """Read a concept checkpoint (safetensors only, never pickle) and check it is ours.
+
+    With a ``signature`` (an imported file) every tensor's name, shape and dtype is checked from the header
+    before any is read, and the values must be finite.
+    """
+    label = label or path.name
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            if metadata.get("format") != CHECKPOINT_FORMAT or metadata.get("kind") not in KINDS:
-                raise SessionFormatError(f"{path.name} is not a Lifelong Studio concept checkpoint.")
+            if (
+                metadata.get("format") != CHECKPOINT_FORMAT
+                or metadata.get("version") != str(VERSION)
+                or metadata.get("kind") not in KINDS
+            ):
+                raise SessionFormatError(f"{label} is not a Lifelong Studio concept checkpoint.")
+            if signature is not None:
+                shapes = {}
+                for key in handle.keys():  # noqa: SIM118 - not a dict
+                    view = handle.get_slice(key)
+                    shapes[key] = Shaped(view.get_dtype(), tuple(view.get_shape()))
+                signature.check(label, metadata, shapes)
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
     except (SafetensorError, OSError, ValueError) as error:
-        raise SessionFormatError(f"{path.name} is not a readable checkpoint ({error}).") from error
+        raise SessionFormatError(f"{label} is not a readable checkpoint.") from error
     if "embedding" not in tensors:
-        raise SessionFormatError(f"{path.name} has no token embedding.")
+        raise SessionFormatError(f"{label} has no token embedding.")
+    if signature is not None and not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise SessionFormatError(f"{label} holds values that are not finite numbers.")
     deltas = {key.removeprefix("delta."): value for key, value in tensors.items() if key.startswith("delta.")}
     extras = {key.removeprefix("extra."): value for key, value in tensors.items() if key.startswith("extra.")}
     return ConceptDelta(metadata["kind"], deltas, tensors["embedding"]), extras
@@ -134,34 +158,32 @@ class Session:
 
     @classmethod
     def open(cls, root: str | Path) -> Session:
+        """The session in folder ``root`` (errors name the session, not the folder: it is a server path)."""
         root = Path(root)
         try:
-            data = json.loads((root / MANIFEST).read_text())
+            raw = (root / MANIFEST).read_bytes()
         except FileNotFoundError as error:
-            raise SessionFormatError(f"{root} is not a session folder (no {MANIFEST}).") from error
-        except (ValueError, UnicodeDecodeError) as error:
-            raise SessionFormatError(f"{root / MANIFEST} is damaged: {error}.") from error
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise SessionFormatError(f"{root} is not a Lifelong Studio session.")
-        if data.get("version") != VERSION:
-            raise SessionFormatError(
-                f"session format version {data.get('version')} is not supported (need {VERSION})."
-            )
-        concepts = [Concept.from_json(item) for item in data.get("concepts", [])]
+            raise SessionFormatError("this folder is not a session (it has no manifest).") from error
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise SessionFormatError("the session's manifest is too large to be ours.")
+        base_model, entries = check_manifest(parse_json(raw, "the session's manifest", MAX_DEPTH))
+        concepts = [Concept(**entry) for entry in entries]
         for concept in concepts:
             for relative in [concept.checkpoint, *concept.images]:
                 if not _check_inside(root, relative).is_file():
                     raise SessionFormatError(f"the session is missing {relative}.")
-        return cls(root, str(data.get("base_model", "")), concepts)
+        return cls(root, base_model, concepts)
 
-    def _write_manifest(self) -> None:
-        data = {
+    def manifest(self, base_model: str | None = None) -> dict[str, Any]:
+        return {
             "format": FORMAT,
             "version": VERSION,
-            "base_model": self.base_model,
+            "base_model": self.base_model if base_model is None else base_model,
             "concepts": [asdict(concept) for concept in self.concepts],
         }
-        write_json(self.root / MANIFEST, data)
+
+    def _write_manifest(self) -> None:
+        write_json(self.root / MANIFEST, self.manifest())
 
     def add_concept(
         self,
@@ -179,7 +201,7 @@ class Session:
             relative_images = []
             for index, image in enumerate(images):
                 write_png(staging / "images" / f"{index}.png", image)
-                relative_images.append(f"concepts/{concept.name}/images/{index}.png")
+                relative_images.append(image_file(concept.name, index))
             save_checkpoint(staging / "checkpoint.safetensors", delta, extras)
             if final.exists():  # left over by a crash before its manifest entry was written
                 shutil.rmtree(final)
@@ -187,7 +209,7 @@ class Session:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         concept.images = relative_images
-        concept.checkpoint = f"concepts/{concept.name}/checkpoint.safetensors"
+        concept.checkpoint = checkpoint_file(concept.name)
         self.concepts.append(concept)
         try:
             self._write_manifest()
@@ -250,8 +272,10 @@ class Session:
         names = self.names()
         return [names.index(name) + 1 for name in TOKEN_PATTERN.findall(prompt) if name in names]
 
-    def rewrite_prompt(self, prompt: str, checkpoint: int) -> str:
-        """Replace ``<name>`` by the concept's slot token; refuse names not learned by ``checkpoint``."""
+    def rewrite_prompt(self, prompt: str, checkpoint: int, what: str = "the prompt") -> str:
+        """Replace ``<name>`` by the concept's slot token; refuse names not learned by ``checkpoint`` and
+        any slot token spelled in ``prompt`` itself (only this rewrite may write one)."""
+        check_prompt(prompt, what)
         names = self.names()
 
         def replace(match: re.Match[str]) -> str:
@@ -271,66 +295,96 @@ class Session:
     # --- one-file export ----------------------------------------------------------------------------
 
     def export(self, path: str | Path) -> Path:
-        """Write the whole session as one zip file (manifest, images, safetensors), atomically."""
+        """Write the whole session as one zip file (manifest, images, safetensors), atomically.
+
+        The manifest names the base model as others know it (a hub id, or a local folder's own name): where
+        the model lives on this server is not the file's business.
+        """
         path = Path(path)
-        files = [self.root / MANIFEST]
-        for concept in self.concepts:
-            files += [self.root / rel for rel in (*concept.images, concept.checkpoint)]
+        manifest = json.dumps(self.manifest(public_model_name(self.base_model)), indent=2, ensure_ascii=False)
+        files = [relative for concept in self.concepts for relative in (*concept.images, concept.checkpoint)]
 
         def write(tmp: Path) -> None:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-                for file in files:
-                    archive.write(file, file.relative_to(self.root).as_posix())
+                archive.writestr(MANIFEST, manifest)
+                for relative in files:
+                    archive.write(self.root / relative, relative)
 
         atomic_write(path, write)
         return path
 
     @classmethod
-    def import_file(cls, path: str | Path, root: str | Path) -> Session:
-        """Unpack an exported session into the empty folder ``root`` and open it.
+    def import_file(cls, path: str | Path, root: str | Path, base: BaseModel) -> Session:
+        """Unpack an exported session into the new folder ``root`` and open it, or refuse the file whole.
 
-        Only a zip holding a manifest, PNGs and safetensors under plain relative paths is accepted.
+        Everything is checked before anything is kept, cheapest first: the zip's headers (file count and
+        sizes), the manifest (its schema, and the concept count against this base's slots before any
+        checkpoint is opened), that the zip holds exactly the files the manifest implies, each file read
+        within its size limit, every image (a PNG of the base's resolution) and every checkpoint (against
+        this base's signature). Only those files and a manifest written afresh are kept.
         """
         path, root = Path(path), Path(root)
         if root.exists() and any(root.iterdir()):
-            raise SessionFormatError(f"{root} is not empty; import into a new folder.")
-        try:
-            archive = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as error:
-            raise SessionFormatError(f"{path.name} is not an exported Lifelong Studio session.") from error
-        with archive:
-            members = archive.infolist()
-            names = {member.filename for member in members}
-            if MANIFEST not in names:
+            raise SessionFormatError("the import folder is not empty; import into a new folder.")
+        signature = BaseSignature.of(base)
+        slots = len(base.slot_token_ids)
+        with open_archive(path, SESSION_FILE, max_members=1 + slots * (MAX_IMAGES + 1)) as archive:
+            base_model, entries = _read_manifest(archive, slots)
+            limits = {MANIFEST: MAX_MANIFEST_BYTES}
+            for entry in entries:
+                limits.update({image: signature.max_image_bytes() for image in entry["images"]})
+                limits[entry["checkpoint"]] = signature.max_checkpoint_bytes()
+            unlisted = sorted(set(archive.members) - set(limits))
+            if unlisted:
                 raise SessionFormatError(
-                    f"{path.name} is not an exported Lifelong Studio session (no manifest)."
+                    f"{SESSION_FILE} holds a file its manifest does not list "
+                    f"({brief(PurePosixPath(unlisted[0]).name)}); "
+                    "refusing to import it."
                 )
-            if sum(member.file_size for member in members) > _MAX_EXPORT_BYTES:
-                raise SessionFormatError(f"{path.name} is too large to be a session.")
-            for member in members:
-                name = member.filename
-                parts = Path(name).parts
-                if (
-                    member.is_dir()
-                    or name.startswith("/")
-                    or ".." in parts
-                    or Path(name).suffix not in _EXPORT_SUFFIXES
-                ):
-                    raise SessionFormatError(
-                        f"{path.name} holds an unexpected file {name!r}; refusing to import it."
-                    )
-            staging = Path(
-                tempfile.mkdtemp(prefix=".import.", dir=root.parent if root.parent.exists() else None)
-            )
+            absent = [name for name in limits if name not in archive.members]
+            if absent:
+                raise SessionFormatError(f"{SESSION_FILE} lacks {absent[0]}, which its manifest lists.")
+            archive.check_sizes(limits, max_session_bytes(signature, len(entries)))
+            root.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".import.", dir=root.parent))
             try:
-                archive.extractall(staging)
-                session = cls.open(staging)
-                for index in range(1, len(session.concepts) + 1):
-                    session.checkpoint(index)
-                root.parent.mkdir(parents=True, exist_ok=True)
+                session = cls(staging, base_model, [Concept(**entry) for entry in entries])
+                for entry in entries:
+                    for relative in concept_files(entry):
+                        archive.extract(relative, staging / relative, limits[relative])
+                    label = f"the checkpoint of <{entry['name']}>"
+                    for relative in entry["images"]:
+                        _check_image(staging / relative, signature.image_side, entry["name"])
+                    load_checkpoint(staging / entry["checkpoint"], signature, label)
+                session._write_manifest()
                 if root.exists():
                     root.rmdir()
-                shutil.move(str(staging), str(root))
+                staging.rename(root)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
         return cls.open(root)
+
+
+def _read_manifest(archive: Archive, slots: int) -> tuple[str, list[dict[str, Any]]]:
+    if MANIFEST not in archive.members:
+        raise SessionFormatError(f"{SESSION_FILE} is not an exported Lifelong Studio session (no manifest).")
+    archive.check_sizes({MANIFEST: MAX_MANIFEST_BYTES}, max_total=math.inf)
+    data = parse_json(
+        archive.read(MANIFEST, MAX_MANIFEST_BYTES), f"the manifest of {SESSION_FILE}", MAX_DEPTH
+    )
+    return check_manifest(data, max_concepts=slots)
+
+
+def _check_image(path: Path, side: int, name: str) -> None:
+    """A stored concept image: a PNG of exactly the base's resolution that decodes."""
+    try:
+        with Image.open(path) as image:
+            fits = image.format == "PNG" and image.size == (side, side)
+            if fits:
+                image.load()
+    except Image.DecompressionBombError:
+        fits = False  # a header claiming hundreds of megapixels: not one of ours either
+    except (OSError, SyntaxError, ValueError) as error:
+        raise SessionFormatError(f"an image of <{name}> in {SESSION_FILE} is damaged.") from error
+    if not fits:
+        raise SessionFormatError(f"an image of <{name}> in {SESSION_FILE} is not a {side}×{side} px PNG.")

@@ -10,10 +10,11 @@ but the errors, so every layer can read it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from lifelong.errors import InvalidSettingError
+from lifelong.errors import LimitError
 
 # The app's and the library's default method. Full benchmark on the shipped model (docs/BENCHMARKS.md, "Full
 # run on the shipped model (new decoder)", 8 concepts, 100 steps): dfkd forgot a little less than finetune
@@ -23,6 +24,8 @@ from lifelong.errors import InvalidSettingError
 # away; dfkd stays the default as the papers' method the app was built around, until a larger benchmark
 # separates the methods beyond noise.
 DEFAULT_METHOD = "dfkd"
+MAX_LORA_RANK = 64  # also bounds the rank of an imported checkpoint's LoRA factors (lifelong.signature)
+MAX_SEED = 2**31 - 1  # memory samples derive seeds as seed × 1000 + i: keep that inside 64 bits
 
 
 def setting(
@@ -33,11 +36,24 @@ def setting(
     step: float | None = None,
     low_open: bool = False,
     flag: str | None = None,
+    slider: bool = True,
+    choices: tuple[str, ...] | None = None,
 ) -> Any:
     """A config field with its help text and bounds (``low_open``: ``low`` itself is not allowed).
 
-    ``flag`` names the field's CLI option where it differs from ``--field-name``."""
-    metadata = {"help": help, "low": low, "high": high, "step": step, "low_open": low_open, "flag": flag}
+    ``flag`` names the field's CLI option where it differs from ``--field-name``. A bounded number is a
+    slider in the app unless ``slider`` is False (a bound that only guards, e.g. a seed's); ``choices`` are
+    the only values a text field may take."""
+    metadata = {
+        "help": help,
+        "low": low,
+        "high": high,
+        "step": step,
+        "low_open": low_open,
+        "flag": flag,
+        "slider": slider,
+        "choices": choices,
+    }
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -47,24 +63,43 @@ def field_help(cls: type) -> dict[str, str]:
 
 
 def bounds(item: dataclasses.Field[Any]) -> tuple[float, float, float] | None:
-    """(low, high, step) of a bounded number field, or None."""
+    """(low, high, step) of a number field shown as a slider, or None."""
     low, high = item.metadata.get("low"), item.metadata.get("high")
-    if low is None or high is None:
+    if low is None or high is None or not item.metadata.get("slider", True):
         return None
     return float(low), float(high), float(item.metadata.get("step") or 1)
 
 
 def check(config: Any) -> None:
-    """Refuse a config whose bounded fields are outside their bounds, naming the field and the range."""
+    """Refuse a config whose bounded fields are outside their bounds (or not finite numbers), or whose
+    text fields with choices hold another value, naming the field and what it may be (a LimitError)."""
     for item in dataclasses.fields(config):
-        low, high = item.metadata.get("low"), item.metadata.get("high")
         value = getattr(config, item.name)
-        if low is None or isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        below = value <= low if item.metadata.get("low_open") else value < low
-        if below or (high is not None and value > high):
-            span = f"({low:g}, {high:g}]" if item.metadata.get("low_open") else f"{low:g}–{high:g}"
-            raise InvalidSettingError(f"{item.name}={value:g} is outside {span}.")
+        choices = item.metadata.get("choices")
+        if choices is not None and value not in choices:
+            shown = ", ".join(repr(choice) for choice in choices)
+            raise LimitError(f"{item.name} must be one of {shown}.")
+        low, high = item.metadata.get("low"), item.metadata.get("high")
+        if low is not None and high is not None and not _within(value, low, high, item.metadata["low_open"]):
+            side = "above" if item.metadata.get("low_open") else "from"
+            raise LimitError(
+                f"{item.name}={_short(value)} is out of range: use a value {side} {low:g} to {high:g}."
+            )
+
+
+def _within(value: Any, low: float, high: float, low_open: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return False
+    return math.isfinite(number) and (low < number if low_open else low <= number) and number <= high
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 @dataclass
@@ -75,19 +110,25 @@ class LearnConfig:
         DEFAULT_METHOD, "see `python -m lifelong methods`; combine with +, e.g. routed+dfkd"
     )
     steps: int = setting(200, "training steps", 1, 2000)
-    batch_size: int = setting(4, "images per step")
-    gradient_accumulation: int = setting(1, "batches per optimiser step")
-    learning_rate: float = setting(1e-3, "for the K/V increments (or LoRA factors)")
-    token_learning_rate: float = setting(5e-3, "for the concept's token embedding")
-    weight_decay: float = setting(0.0, "AdamW weight decay")
+    # the bounds without a slider only guard (a public app's budget, lifelong.limits, refuses the rest)
+    batch_size: int = setting(4, "images per step", 1, 64, slider=False)
+    gradient_accumulation: int = setting(1, "batches per optimiser step", 1, 16, slider=False)
+    learning_rate: float = setting(
+        1e-3, "for the K/V increments (or LoRA factors)", 0.0, 1.0, low_open=True, slider=False
+    )
+    token_learning_rate: float = setting(
+        5e-3, "for the concept's token embedding", 0.0, 1.0, low_open=True, slider=False
+    )
+    weight_decay: float = setting(0.0, "AdamW weight decay", 0.0, 1.0, slider=False)
     params: str = setting(
         "",
         '"kv" (full K/V increments), "lora" (peft LoRA on K/V) or "lora-attn" (LoRA on q, k, v and out of '
         'every attention layer); "" = the method\'s choice',
+        choices=("", "kv", "lora", "lora-attn"),
     )
-    lora_rank: int = setting(4, "rank of the LoRA factors", 1, 64)
+    lora_rank: int = setting(4, "rank of the LoRA factors", 1, MAX_LORA_RANK)
     augment: bool = setting(True, "horizontal flips and random crops, encoded once")
-    seed: int = setting(0, "seed of the noise, timesteps and augmentation")
+    seed: int = setting(0, "seed of the noise, timesteps and augmentation", 0, MAX_SEED, slider=False)
     prompt_template: str = setting("a {token} {class_word}", "the training prompt")
     settings: dict[str, float | int | str | bool] = dataclasses.field(
         default_factory=dict, metadata={"help": "the method's settings, see `python -m lifelong methods`"}
@@ -102,18 +143,26 @@ class GenerateConfig:
     guidance_scale: float = setting(5.0, "classifier-free guidance", 0.0, 20.0, 0.5, flag="--guidance")
     negative_prompt: str = setting("", "what the images should not show", flag="--negative")
     num_images: int = setting(1, "images per prompt", 1, 16)
-    seed: int = setting(0, "image i uses seed + i")
+    seed: int = setting(0, "image i uses seed + i", 0, MAX_SEED, slider=False)
     # multi-concept attention (lifelong.attention): only for prompts naming two or more concepts. Off by
     # default: on the bundled model it lowered concept IA at +60 % time per image (docs/BENCHMARKS.md)
     caa: bool = setting(False, "each concept gets a strong attention peak; each location goes to one concept")
     oaa: bool = setting(False, "concepts' (and other concepts' attributes') attention maps kept apart")
-    attention_steps: int = setting(10, "guided steps at the start of sampling")
-    attention_step_size: float = setting(20.0, "how far one guided step moves the latents")
-    caa_threshold: float = setting(
-        0.8, "peak attention (share of the words at a location) each concept should reach"
+    attention_steps: int = setting(10, "guided steps at the start of sampling", 0, 200, slider=False)
+    attention_step_size: float = setting(
+        20.0, "how far one guided step moves the latents", 0.0, 1000.0, slider=False
     )
-    oaa_threshold: float = setting(0.0, "overlap of normalised maps tolerated between concepts")
-    attention_res: int = setting(0, "side of the attention grid to use; 0 = automatic")
+    caa_threshold: float = setting(
+        0.8,
+        "peak attention (share of the words at a location) each concept should reach",
+        0.0,
+        1.0,
+        slider=False,
+    )
+    oaa_threshold: float = setting(
+        0.0, "overlap of normalised maps tolerated between concepts", 0.0, 1.0, slider=False
+    )
+    attention_res: int = setting(0, "side of the attention grid to use; 0 = automatic", 0, 1024, slider=False)
     icgen_strength: float = setting(
         1.0,
         "below 1: start from a named concept's stored image latent noised to this strength (ICGen); "

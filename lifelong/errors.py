@@ -50,4 +50,10 @@ class SessionFullError(LifelongError):
 
 
 class Cancelled(LifelongError):
-    """Learning was cancelled; the session is as it was before."""
+    """A job (a learn, a forgetting comparison) was cancelled; the session is as it was before."""
+
+
+class LimitError(InvalidSettingError):
+    """A request asks for more than this app allows: a config field outside its bounds (``configs.check``),
+    or settings whose expected cost is over the app's budget (``limits.Budget``). An InvalidSettingError,
+    so callers that catch bad settings catch these too."""

@@ -31,10 +31,12 @@ Guide = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]  # (step index
 
 def check_inputs(prompt: str, config: GenerateConfig) -> None:
     """A prompt to draw and settings within their bounds (``configs.check``), or a typed error."""
-    if not prompt or not prompt.strip():
+    if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidPromptError("Write a prompt, e.g. 'a <rex> on a blue background'.")
     check(config)
-    if config.icgen_context != "mean" and not config.icgen_context.isdigit():
+    index = config.icgen_context
+    plain = isinstance(index, str) and index.isascii() and index.isdigit() and len(index) <= 3
+    if index != "mean" and not plain:
         raise InvalidSettingError("icgen_context is 'mean' or the index of a context image, e.g. 0.")
 
 
@@ -166,7 +168,7 @@ def generate(
     check_inputs(prompt, config)
     k = session.resolve(checkpoint)
     text = session.rewrite_prompt(prompt, k)
-    negative = session.rewrite_prompt(config.negative_prompt, k)
+    negative = session.rewrite_prompt(config.negative_prompt, k, "the negative prompt")
     seeds = [config.seed + i for i in range(config.num_images)]
     context = vision_context(session, prompt, k, config.icgen_context) if config.icgen_strength < 1 else None
     with use_state(base, session.state(k, base.slot_token_ids, prompt)), torch.no_grad():

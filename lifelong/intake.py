@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import re
 import unicodedata
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,7 +17,10 @@ from lifelong.errors import ImageCountError, InvalidConceptNameError, InvalidIma
 MIN_IMAGES, MAX_IMAGES = 1, 20
 RECOMMENDED = "3–5"
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "MPO"}  # MPO: JPEGs from phone cameras
-MAX_INPUT_PIXELS = 200_000_000  # larger than any camera; beyond this it is a decompression bomb
+MAX_INPUT_PIXELS = 100_000_000  # as large as phone cameras go; beyond this it is a decompression bomb
+# Pillow's own guard, kept consistent: it warns above its limit and refuses only above twice it, so images
+# are measured from their header (below) and refused before a single pixel is decoded
+Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS
 WORKING_SIDE = 2048  # huge images are shrunk to this first, so the rest is cheap
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
@@ -30,25 +34,37 @@ def _open(source: ImageSource, label: str) -> Image.Image:
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
     except OSError as error:
         raise InvalidImageError(f"{label}: cannot read the file ({error.strerror}).") from error
-    Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # Pillow's warning between its limit and twice it: ours refuses
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # reads the header only
         if image.format not in ALLOWED_FORMATS:
             raise InvalidImageError(
                 f"{label}: {image.format} images are not supported; use JPEG, PNG or WebP."
             )
+        _check_pixels(image.width, image.height, label)
         image.load()
     except InvalidImageError:
         raise
     except Image.DecompressionBombError as error:
-        raise InvalidImageError(
-            f"{label}: the image is too large to open safely; resize it below 100 megapixels."
-        ) from error
+        raise InvalidImageError(_too_large(label)) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise InvalidImageError(
             f"{label}: this is not a readable image (is it a JPEG, PNG or WebP?)."
         ) from error
     return image
+
+
+def _too_large(label: str, size: str = "") -> str:
+    return (
+        f"{label}: the image{size} is too large to open safely; "
+        f"resize it below {MAX_INPUT_PIXELS // 1_000_000} megapixels."
+    )
+
+
+def _check_pixels(width: int, height: int, label: str) -> None:
+    if width * height > MAX_INPUT_PIXELS:
+        raise InvalidImageError(_too_large(label, f" ({width}×{height} px)"))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -105,6 +121,8 @@ def validate_name(name: str) -> str:
     Upper case and surrounding spaces or angle brackets are forgiven; anything else is refused, so a name is
     always safe as a folder name and as a prompt token ``<name>``.
     """
+    if not isinstance(name, str | None):
+        raise InvalidConceptNameError("The concept name must be text, e.g. 'rex'.")
     cleaned = unicodedata.normalize("NFKC", name or "").strip().strip("<>").strip().lower()
     if not cleaned:
         raise InvalidConceptNameError("Give the concept a name, e.g. 'rex' (letters, digits, '-' or '_').")
@@ -118,6 +136,8 @@ def validate_name(name: str) -> str:
 
 def validate_class_word(word: str) -> str:
     """An optional class word ('dog'): plain words only, since it goes into training prompts."""
+    if not isinstance(word, str | None):
+        raise InvalidConceptNameError("The class word must be text, e.g. 'dog'.")
     cleaned = " ".join((word or "").split()).lower()
     if len(cleaned) > 40 or any(ch in cleaned for ch in "<>|{}"):
         raise InvalidConceptNameError(

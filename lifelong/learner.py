@@ -21,12 +21,14 @@ from PIL import Image, ImageOps
 from lifelong.adapters import ConceptDelta, ModelState, TrainableSet, token_embedding, trainable, use_state
 from lifelong.base import BaseModel, slot_token
 from lifelong.concepts import Concept, Session
-from lifelong.configs import LearnConfig, check
+from lifelong.configs import LearnConfig
 from lifelong.encoding import encode_images, encode_text, tokenize
 from lifelong.errors import Cancelled, DuplicateConceptError, SessionFullError
 from lifelong.intake import ImageSource, load_images, square, validate_class_word, validate_name
+from lifelong.limits import check_learn
 from lifelong.methods import Method, get_method
 from lifelong.progress import CancelToken, Progress, ProgressFn
+from lifelong.prompts import fill_template
 from lifelong.settings import Value
 from lifelong.step import (
     AfterLearnContext,
@@ -105,8 +107,9 @@ def check_inputs(
     class_word: str,
     config: LearnConfig,
 ) -> _Plan:
-    """Validate everything before anything is touched: method, settings, name, free slot, images."""
-    check(config)
+    """Validate everything before anything is touched: bounds and template, method, settings, name, free
+    slot, images."""
+    check_learn(config)
     method = get_method(config.method)
     settings = method.resolve(config.settings)
     name, class_word = validate_name(name), validate_class_word(class_word)
@@ -118,7 +121,7 @@ def check_inputs(
             f"this session already holds {slot} concepts, the most it can; start a new session."
         )
     clean = load_images(images, base.resolution)
-    prompt = " ".join(config.prompt_template.format(token=slot_token(slot), class_word=class_word).split())
+    prompt = fill_template(config.prompt_template, slot_token(slot), class_word)
     return _Plan(method, settings, name, class_word, slot, prompt, clean)
 
 
@@ -239,7 +242,7 @@ def concept_record(plan: _Plan, config: LearnConfig, losses: list[float], second
         method=plan.method.name,
         images=[],
         checkpoint="",
-        prompts=[config.prompt_template.format(token=f"<{plan.name}>", class_word=plan.class_word)],
+        prompts=[fill_template(config.prompt_template, f"<{plan.name}>", plan.class_word)],
         settings={**asdict(config), "settings": plan.settings},
         stacked=plan.method.stack,
         seconds=round(seconds, 3),

@@ -22,15 +22,16 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from lifelong.adapters import target_module_names
 from lifelong.base import BUNDLED_EVAL_CLIP, BaseModel
 from lifelong.concepts import MANIFEST, Concept, Session
-from lifelong.errors import ImageCountError, LifelongError, SessionFormatError
+from lifelong.errors import Cancelled, ImageCountError, SessionFormatError
+from lifelong.files import atomic_write
 from lifelong.generate import GenerateConfig, generate, generate_with_maps, warm_up
 from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource
 from lifelong.learner import LearnConfig, learn
+from lifelong.limits import Budget, check_generate, check_learn, generate_seconds, learn_seconds
 from lifelong.metrics import EvalClip, image_alignment, image_features
-from lifelong.progress import ProgressFn
+from lifelong.progress import Progress, ProgressFn
 
 SESSIONS_ENV = "LIFELONG_SESSIONS_DIR"
 SESSION_MAX_AGE_S = 24 * 3600  # a workspace untouched this long belongs to a tab that is gone
@@ -105,8 +106,8 @@ def upload_notes(sources: Sequence[ImageSource]) -> list[str]:
         label = Path(source).name if isinstance(source, str | Path) else f"image {index + 1}"
         try:
             image = source if isinstance(source, Image.Image) else Image.open(source)
-        except (OSError, ValueError):
-            continue  # load_images names unreadable files with the exact reason
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue  # load_images names unreadable and oversized files with the exact reason
         changes = []
         if getattr(image, "n_frames", 1) > 1:
             changes.append("only its first frame is used")
@@ -123,45 +124,37 @@ def upload_notes(sources: Sequence[ImageSource]) -> list[str]:
     return notes
 
 
-def _check_compatible(session: Session, base: BaseModel) -> None:
-    """Refuse a session whose deltas do not fit this base (learned on another model)."""
-    unet = base.pipe.unet
-    targets = set(target_module_names(unet, "lora-attn"))
-    width = base.pipe.text_encoder.get_input_embeddings().weight.shape[1]
-    if len(session.concepts) > len(base.slot_token_ids):
-        raise SessionFormatError(
-            f"this session has {len(session.concepts)} concepts; this app holds at most "
-            f"{len(base.slot_token_ids)}."
-        )
-    for index in range(1, len(session.concepts) + 1):
-        delta, _ = session.checkpoint(index)
-        fits = delta.embedding.shape[-1] == width and all(
-            module in targets and delta.dense(module).shape == unet.get_submodule(module).weight.shape
-            for module in delta.modules()
-        )
-        if not fits:
-            raise SessionFormatError(
-                f"this session was learned on another base model ({session.base_model or 'unknown'}); "
-                f"this app runs {base.name}. Import it into an app running that model."
-            )
-
-
 @dataclass(frozen=True)
 class CancelFlag:
-    """A cancel token kept as a file in the workspace, so a Cancel click reaches a learn running in
-    another process (a ZeroGPU worker) as well as one in a thread."""
+    """A job's cancel token: Cancel clicks are kept as a file in the workspace, so a click reaches a job
+    running in another process (a ZeroGPU worker) as well as one in a thread.
+
+    The file holds the time of the last click, and a job is cancelled by any click made after it was
+    submitted: a click while the job still waits in the queue is not lost, and one made before it (or
+    while nothing ran) never stops it.
+    """
 
     path: Path
-
-    def set(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch()
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+    since: float  # when the job was submitted
 
     def is_set(self) -> bool:
-        return self.path.exists()
+        try:
+            return float(self.path.read_text()) >= self.since
+        except (OSError, ValueError):
+            return False
+
+    def raise_if_set(self, message: str) -> None:
+        if self.is_set():
+            raise Cancelled(message)
+
+
+def _write_time(path: Path) -> None:
+    now = repr(time.time())
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(now)
+
+    atomic_write(path, write)
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -179,12 +172,14 @@ class Studio:
         root: str | Path | None = None,
         scorer: Scorer | None = None,
         scorer_note: str = "",
+        budget: Budget | None = None,
     ) -> None:
         self.base = base
         self.root = Path(root) if root is not None else sessions_root()
         self.root.mkdir(parents=True, exist_ok=True)
         self.scorer = scorer
         self.scorer_note = scorer_note  # why there is no scorer, shown instead of IA numbers
+        self.budget = budget or Budget.from_env()
         self._locks: dict[str, threading.RLock] = {}
         self._sessions: dict[str, tuple[Session, tuple[int, int]]] = {}
         self._guard = threading.Lock()
@@ -206,17 +201,31 @@ class Studio:
         with self._guard:
             return self._locks.setdefault(user, threading.RLock())
 
-    def cancel_flag(self, user: str) -> CancelFlag:
-        return CancelFlag(self.folder(user) / "cancel")
+    def submit(self, user: str, job: str) -> None:
+        """Note that a ``job`` ("learn", "forgetting") of this user was just queued: a cancel from now on
+        stops it, even before it starts."""
+        _write_time(self.folder(user) / f"submitted-{job}")
 
     def cancel(self, user: str) -> None:
-        """Ask a running learn of this user to stop at its next step."""
-        self.cancel_flag(user).set()
+        """Stop this user's queued and running jobs (a running one at its next step)."""
+        _write_time(self.folder(user) / "cancel")
+
+    def cancel_flag(self, user: str, job: str) -> CancelFlag:
+        """The cancel token of a ``job`` starting now: clicks since it was submitted stop it (since now,
+        for a job nobody submitted, e.g. a direct library call)."""
+        marker = self.folder(user) / f"submitted-{job}"
+        try:
+            since = float(marker.read_text())
+            marker.unlink()
+        except (OSError, ValueError):
+            since = time.time()
+        return CancelFlag(self.folder(user) / "cancel", since)
 
     def session(self, user: str) -> Session:
         """The user's session, reopened whenever its manifest changed on disk (a ZeroGPU worker, which
         runs jobs in a forked process, writes it there)."""
         with self._lock(user):
+            _recover(self.folder(user))
             root = self.folder(user) / "session"
             cached = self._sessions.get(user)
             if cached is None or cached[1] != _stamp(root / MANIFEST):
@@ -274,15 +283,51 @@ class Studio:
         progress: ProgressFn | None = None,
     ) -> Concept:
         """Learn the next concept; a cancel (``cancel(user)``) or bad input leaves the session as it was."""
+        cancel = self.cancel_flag(user, "learn")
         if not images:
             raise ImageCountError(f"Add {RECOMMENDED} images of the concept first.")
-        cancel = self.cancel_flag(user)
-        cancel.clear()
+        self.check_learn(config)
         with self._lock(user):
             session = self.session(user)
             return learn(
                 self.base, session, images, name, class_word, config, progress=progress, cancel=cancel
             ).concept
+
+    def check_learn(self, config: LearnConfig) -> None:
+        """Refuse a learn whose settings are out of range or whose expected seconds exceed the budget,
+        before it waits for the GPU."""
+        check_learn(config)
+        self.budget.check(
+            learn_seconds(config),
+            f"Learning {config.steps} steps at batch size {config.batch_size}",
+            "Use fewer steps, a smaller batch size or less gradient accumulation.",
+        )
+
+    def check_generate(self, config: GenerateConfig) -> None:
+        """Refuse generation settings out of range or over the budget, before the job waits for the GPU."""
+        check_generate(config)
+        self.budget.check(
+            generate_seconds(config),
+            f"Generating {config.num_images} image(s) at {config.steps} steps",
+            "Use fewer steps or images.",
+        )
+
+    def check_forgetting(self, user: str, config: GenerateConfig) -> None:
+        check_generate(config)
+        generations = self.forgetting_generations(user)
+        self.budget.check(
+            generate_seconds(config, generations),
+            f"Comparing {generations} image set(s) of {config.num_images} image(s) at {config.steps} steps",
+            "Use fewer steps or images in the Generate tab's settings.",
+        )
+
+    def forgetting_generations(self, user: str) -> int:
+        """How many generations the forgetting view runs: IA(i, j) for every j ≥ i with a scorer (n(n+1)/2),
+        else each earlier concept at two checkpoints."""
+        count = len(self.session(user).concepts)
+        if count < 2:
+            return 0
+        return count * (count + 1) // 2 if self.scorer else 2 * (count - 1)
 
     def generate(
         self,
@@ -292,6 +337,7 @@ class Studio:
         checkpoint: int | None = None,
         progress: ProgressFn | None = None,
     ) -> list[Image.Image]:
+        self.check_generate(config)
         with self._lock(user):
             return generate(self.base, self.session(user), prompt, config, checkpoint, progress)
 
@@ -304,6 +350,7 @@ class Studio:
         progress: ProgressFn | None = None,
     ) -> tuple[list[Image.Image], list[tuple[Image.Image, str]]]:
         """Images and, per image, where each concept (or content word) attends, as captioned overlays."""
+        self.check_generate(config)
         with self._lock(user):
             images, overlays, _ = generate_with_maps(
                 self.base, self.session(user), prompt, config, checkpoint, progress
@@ -315,8 +362,11 @@ class Studio:
     ) -> ForgettingReport:
         """Each earlier concept at its own checkpoint and at the latest one, same prompt and seeds.
 
-        With a scorer, also IA(i, j) for every checkpoint j ≥ i (the forgetting matrix).
+        With a scorer, also IA(i, j) for every checkpoint j ≥ i (the forgetting matrix). ``progress`` hears
+        of every image set; a cancel (``cancel(user)``), queued or running, stops it within one step.
         """
+        cancel = self.cancel_flag(user, "forgetting")
+        self.check_forgetting(user, config)
         with self._lock(user):
             session = self.session(user)
             count = len(session.concepts)
@@ -332,7 +382,14 @@ class Studio:
             matrix = np.full((count, count), np.nan) if self.scorer else None
             images: dict[tuple[int, int], list[Image.Image]] = {}
             for done, (i, j) in enumerate(jobs):
-                images[i, j] = generate(self.base, session, session.concepts[i - 1].prompts[0], config, j)
+                message = f"the comparison was cancelled after {done} of {len(jobs)} image sets."
+
+                def step(_: Progress, message: str = message) -> None:
+                    cancel.raise_if_set(message)
+
+                step(Progress(0, 0))
+                prompt = session.concepts[i - 1].prompts[0]
+                images[i, j] = generate(self.base, session, prompt, config, j, step)
                 if self.scorer is not None and matrix is not None:
                     matrix[i - 1, j - 1] = self.scorer.image_alignment(images[i, j], session.images(i))
                 if progress is not None:
@@ -368,25 +425,23 @@ class Studio:
             return session.export(out / f"lifelong-session-{stamp}.zip")
 
     def import_file(self, user: str, path: str | Path) -> Session:
-        """Replace the user's session by an exported one; if the file is refused, nothing changes."""
+        """Replace the user's session by an exported one; if the file is refused, nothing changes.
+
+        The file is checked whole into a staging folder (``Session.import_file``); only then is it swapped in.
+        """
         with self._lock(user):
             folder = self.folder(user)
             folder.mkdir(parents=True, exist_ok=True)
+            _recover(folder)
             staging = Path(tempfile.mkdtemp(prefix=".import.", dir=folder))
             try:
-                session = Session.import_file(path, staging / "session")
-                _check_compatible(session, self.base)
-                current = folder / "session"
-                old = folder / ".replaced"
-                shutil.rmtree(old, ignore_errors=True)
-                if current.exists():
-                    current.rename(old)
-                (staging / "session").rename(current)
-                shutil.rmtree(old, ignore_errors=True)
-            except LifelongError:
-                raise
-            except (OSError, ValueError) as error:
-                raise SessionFormatError(f"{Path(path).name} could not be imported ({error}).") from error
+                Session.import_file(path, staging / "session", self.base)
+                _swap_in(folder, staging / "session")
+            except OSError as error:  # the server's side (disk full…): its message would name paths
+                reason = error.strerror or type(error).__name__
+                raise SessionFormatError(
+                    f"the session file could not be imported ({reason}); your session is unchanged."
+                ) from error
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             self._sessions.pop(user, None)
@@ -398,6 +453,33 @@ class Studio:
             self._sessions.pop(user, None)
             shutil.rmtree(self.folder(user) / "session", ignore_errors=True)
             self.session(user)
+
+
+def _swap_in(folder: Path, new: Path) -> None:
+    """Put the session folder ``new`` in place of the workspace's session: the old one is renamed aside,
+    and removed only once the new one is in place (``_recover`` finishes or undoes a swap a crash cut)."""
+    current, old = folder / "session", folder / ".replaced"
+    shutil.rmtree(old, ignore_errors=True)
+    if current.exists():
+        current.rename(old)
+    try:
+        new.rename(current)
+    except OSError:
+        if old.exists() and not current.exists():
+            old.rename(current)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover(folder: Path) -> None:
+    """After a crash inside ``_swap_in``: keep the new session if it made it into place, else the old one."""
+    current, old = folder / "session", folder / ".replaced"
+    if not old.exists():
+        return
+    if current.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.rename(current)
 
 
 class ClipScorer:

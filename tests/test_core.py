@@ -101,7 +101,7 @@ def test_save_export_import_gives_the_same_image(tiny_base, learned, tmp_path):
     session, _ = learned
     expected = pixels(generate(tiny_base, session, "a <rex> dog", FAST, checkpoint=1))
     exported = session.export(tmp_path / "rex.lifelong.zip")
-    restored = Session.import_file(exported, tmp_path / "restored")
+    restored = Session.import_file(exported, tmp_path / "restored", tiny_base)
     reopened = Session.open(restored.root)
     assert reopened.names() == ["rex"]
     assert np.array_equal(pixels(generate(tiny_base, reopened, "a <rex> dog", FAST, checkpoint=1)), expected)
@@ -203,16 +203,16 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
         {"readme.txt": b"hello"},
     ],
 )
-def test_import_refuses_what_is_not_our_format(tmp_path, members):
+def test_import_refuses_what_is_not_our_format(tiny_base, tmp_path, members):
     with pytest.raises(SessionFormatError):
-        Session.import_file(_zip(tmp_path / "x.zip", members), tmp_path / "out")
+        Session.import_file(_zip(tmp_path / "x.zip", members), tmp_path / "out", tiny_base)
     assert not (tmp_path / "out").exists()
 
 
-def test_import_refuses_a_non_zip_and_a_foreign_checkpoint(tmp_path, learned):
+def test_import_refuses_a_non_zip_and_a_foreign_checkpoint(tiny_base, tmp_path, learned):
     (tmp_path / "not.zip").write_bytes(b"plain text")
     with pytest.raises(SessionFormatError):
-        Session.import_file(tmp_path / "not.zip", tmp_path / "a")
+        Session.import_file(tmp_path / "not.zip", tmp_path / "a", tiny_base)
     session, _ = learned
     exported = session.export(tmp_path / "ok.zip")
     with zipfile.ZipFile(exported) as src, zipfile.ZipFile(tmp_path / "bad.zip", "w") as dst:
@@ -220,7 +220,7 @@ def test_import_refuses_a_non_zip_and_a_foreign_checkpoint(tmp_path, learned):
             data = src.read(item)
             dst.writestr(item, b"\x00" * 16 if item.filename.endswith(".safetensors") else data)
     with pytest.raises(SessionFormatError):
-        Session.import_file(tmp_path / "bad.zip", tmp_path / "b")
+        Session.import_file(tmp_path / "bad.zip", tmp_path / "b", tiny_base)
 
 
 def test_compile_is_on_for_cpus_unless_the_environment_says(monkeypatch):

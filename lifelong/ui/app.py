@@ -1,13 +1,19 @@
-"""The whole page: a title, one tab per module, and the session's load and unload events."""
+"""The whole page: a title, one tab per module, and the session's load and unload events (which also
+clear the session's files out of Gradio's cache), and the upload limit to launch it with."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from lifelong.base import get_base
-from lifelong.service import Studio, default_scorer
+from lifelong.base import BaseModel, get_base
+from lifelong.concepts import max_session_bytes
+from lifelong.folders import BUNDLED_CONCEPTS
+from lifelong.intake import MAX_IMAGES
+from lifelong.service import SESSION_MAX_AGE_S, Studio, default_scorer
+from lifelong.signature import BaseSignature
 from lifelong.ui import forgetting_tab, generate_tab, learn_tab, session_tab
-from lifelong.ui.common import Page, Shown, refresh, user_errors
+from lifelong.ui.common import Page, Shown, refresh, user_errors, user_of
+from lifelong.ui.files import SessionFiles
 from lifelong.ui.jobs import register
 
 DESCRIPTION = """# Lifelong Studio
@@ -19,6 +25,15 @@ TABS = (
     ("Forgetting", forgetting_tab),
     ("Session", session_tab),
 )
+MAX_IMAGE_UPLOAD_BYTES = 50 << 20  # a 100-megapixel JPEG or WebP fits
+
+
+def max_upload_bytes(base: BaseModel) -> int:
+    """Gradio's upload limit (``launch(max_file_size=...)``): the largest image we take, or the largest
+    session file for this base."""
+    slots = len(base.slot_token_ids)
+    session = max_session_bytes(BaseSignature.of(base), slots) + (1 + slots * (MAX_IMAGES + 1)) * 1024
+    return max(MAX_IMAGE_UPLOAD_BYTES, session)
 
 
 def default_studio() -> Studio:
@@ -32,17 +47,26 @@ def default_studio() -> Studio:
 def create_app(studio: Studio | None = None) -> gr.Blocks:
     """The whole app on ``studio`` (default: ``default_studio()``)."""
     studio = studio or default_studio()
-    page = Page(register(studio))
+    # the examples' images: Gradio's copies of them are shared by every session, never removed with one
+    page = Page(register(studio), SessionFiles(keep=BUNDLED_CONCEPTS.rglob("*.png")))
 
     @user_errors
     def load(request: gr.Request) -> Shown:
-        studio.sweep()
-        return refresh(studio, request.session_hash)
+        for user in studio.sweep():
+            page.files.drop(user)
+        page.files.sweep(SESSION_MAX_AGE_S)
+        return refresh(studio, page.files, user_of(studio, request))
 
     def unload(request: gr.Request) -> None:
-        studio.drop(request.session_hash)
+        """The tab closed: its workspace and everything it left in Gradio's cache go."""
+        user = user_of(studio, request)
+        studio.drop(user)
+        page.files.drop(user)
 
-    with gr.Blocks(title="Lifelong Studio") as demo:
+    # uploads no event ever saw (sent straight to the upload route) age out of Gradio's cache as unused
+    # workspaces do; everything an event saw goes with its session (lifelong.ui.files)
+    cache_sweep = (3600, SESSION_MAX_AGE_S)
+    with gr.Blocks(title="Lifelong Studio", delete_cache=cache_sweep) as demo:
         gr.Markdown(DESCRIPTION)
         with gr.Tabs():
             for title, tab in TABS:

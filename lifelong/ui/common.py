@@ -1,4 +1,9 @@
-"""What every tab of the app shares: the page's cross-tab components, error display and progress."""
+"""What every tab of the app shares: the page's cross-tab components, error display and progress.
+
+Every handler turns a :class:`~lifelong.errors.LifelongError` into a ``gr.Error`` with its message, so a user
+reads what to do and never a traceback (nor a server path). Every file shown to a user is written to the
+session's own folder of Gradio's cache (``page.files``, lifelong.ui.files), removed when the session ends.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from lifelong.configs import GenerateConfig
 from lifelong.errors import LifelongError
 from lifelong.progress import Progress
 from lifelong.service import Studio
+from lifelong.ui.files import SessionFiles
 from lifelong.ui.forms import Form
 
 log = logging.getLogger(__name__)
@@ -23,6 +29,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 TRACKER = gr.Progress()  # the default that tells Gradio to pass a progress tracker to a handler
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}  # one model job at a time; others queue
+# a job is first noted as submitted, at the click (``Studio.submit``), so a Cancel reaches it while it queues
+QUEUED: dict[str, Any] = {"queue": False, "api_name": False}
 Shown = tuple[list[tuple[str, str]], gr.Dataset, str]  # timeline, chips, status
 
 
@@ -34,6 +42,7 @@ class Page:
     can already name it as an output."""
 
     key: str
+    files: SessionFiles  # what each session shows and uploads, in Gradio's cache
     timeline: gr.Gallery | None = None
     status: gr.Markdown | None = None
     chips: gr.Dataset = field(
@@ -97,8 +106,25 @@ def reporter(bar: gr.Progress) -> Callable[[Progress], None]:
     return lambda p: bar((p.step, p.total), desc=describe(p), unit="steps")
 
 
-def refresh(studio: Studio, user: str) -> Shown:
-    """Timeline, concept chips and status line of ``user``'s session."""
+def user_of(studio: Studio, request: gr.Request) -> str:
+    """The session's id, refused (a typed error) unless it is a plain token."""
+    return studio.folder(request.session_hash).name
+
+
+def cancel_handler(studio: Studio) -> Callable[[gr.Request], None]:
+    """Cancel, for the Learn and Forgetting tabs' buttons: stops this session's queued or running job (a
+    running one after its current step)."""
+
+    @user_errors
+    def cancel(request: gr.Request) -> None:
+        studio.cancel(user_of(studio, request))
+        gr.Info("Cancelling: your queued or running job stops after its current step.")
+
+    return cancel
+
+
+def refresh(studio: Studio, files: SessionFiles, user: str) -> Shown:
+    """Timeline, concept chips and status line of ``user``'s session (thumbnails served from ``files``)."""
     timeline = studio.timeline(user)
     status = (
         f"This session holds {len(timeline)} concept(s): "
@@ -107,7 +133,7 @@ def refresh(studio: Studio, user: str) -> Shown:
         if timeline
         else "No concepts yet: upload 3–5 images (or click an example) and press **Learn concept**."
     )
-    thumbnails = [(str(entry.thumbnail), entry.caption) for entry in timeline]
+    thumbnails = [(files.copy(user, entry.thumbnail), entry.caption) for entry in timeline]
     return thumbnails, gr.Dataset(samples=[[token] for token in studio.tokens(user)]), status
 
 

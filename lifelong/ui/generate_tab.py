@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-from PIL import Image
 
 from lifelong.configs import GenerateConfig
 from lifelong.service import Studio
-from lifelong.ui.common import GPU, TRACKER, Page, user_errors
+from lifelong.ui.common import GPU, TRACKER, Page, user_errors, user_of
 from lifelong.ui.forms import Form
-from lifelong.ui.jobs import generate_job
+from lifelong.ui.jobs import check_generate, generate_job
 
 MAIN_SETTINGS = ("negative_prompt", "seed", "steps", "guidance_scale", "num_images", "icgen_strength")
 
@@ -26,6 +25,7 @@ def insert_token(sample: Any, prompt: str) -> str:
 
 @dataclass
 class GenerateTab:
+    studio: Studio
     page: Page
     prompt: gr.Textbox
     form: Form[GenerateConfig]
@@ -34,13 +34,16 @@ class GenerateTab:
     @user_errors
     def generate(
         self, data: dict[Any, Any], request: gr.Request, progress: gr.Progress = TRACKER
-    ) -> tuple[list[Image.Image], gr.Gallery]:
+    ) -> tuple[list[str], gr.Gallery]:
+        """The images and overlays, saved to the session's own folder of Gradio's cache."""
+        user = user_of(self.studio, request)
         config = self.form.parse_dict(data)
+        check_generate(self.page.key, config)
         maps = bool(data[self.show_maps])
-        images, overlays = generate_job(
-            self.page.key, request.session_hash, data[self.prompt], config, maps, progress
-        )
-        return images, gr.Gallery(value=overlays, visible=maps)
+        images, overlays = generate_job(self.page.key, user, data[self.prompt], config, maps, progress)
+        files = self.page.files
+        shown_overlays = [(files.image(user, overlay), caption) for overlay, caption in overlays]
+        return [files.image(user, image) for image in images], gr.Gallery(value=shown_overlays, visible=maps)
 
 
 def create_demo(studio: Studio, page: Page) -> None:
@@ -69,7 +72,7 @@ def create_demo(studio: Studio, page: Page) -> None:
                 elem_id="generated",
             )
             maps = gr.Gallery(label="Attention maps", columns=4, format="png", visible=False)
-    tab = GenerateTab(page, prompt, form, show_maps)
+    tab = GenerateTab(studio, page, prompt, form, show_maps)
     page.generate_inputs, page.generate_form = {prompt, show_maps, *form.components}, form
     page.chips.click(insert_token, [page.chips, prompt], prompt, api_name=False)
     outputs = [generated, maps]

@@ -1,6 +1,8 @@
 """The app's model jobs, each under ``@spaces.GPU`` (a no-op off a ZeroGPU Space) with a duration computed
-from its settings. What crosses into a job is plain data (strings, paths, config dataclasses); a job finds
-the model through ``STUDIOS``, which a ZeroGPU worker inherits when it forks."""
+from its settings by lifelong.limits, the same cost that refuses a job over the app's budget (the tabs call
+the ``check_*`` functions here before a job waits for the GPU). What crosses into a job is plain data
+(strings, paths, config dataclasses); a job finds the model through ``STUDIOS``, which a ZeroGPU worker
+inherits when it forks."""
 
 from __future__ import annotations
 
@@ -9,10 +11,10 @@ import spaces
 from PIL import Image
 
 from lifelong.configs import GenerateConfig, LearnConfig
+from lifelong.limits import generate_seconds, learn_seconds
 from lifelong.service import ForgettingReport, Studio
 from lifelong.ui.common import reporter, shown
 
-GPU_SECONDS_PER_SAMPLE = 0.08  # one training sample (or one denoising step of one image) on a Space GPU
 STUDIOS: dict[str, Studio] = {}
 
 
@@ -21,6 +23,19 @@ def register(studio: Studio) -> str:
     key = str(id(studio))
     STUDIOS[key] = studio
     return key
+
+
+def check_learn(key: str, config: LearnConfig) -> None:
+    """Refuse a learn out of range or over the budget before it is queued for the GPU."""
+    STUDIOS[key].check_learn(config)
+
+
+def check_generate(key: str, config: GenerateConfig) -> None:
+    STUDIOS[key].check_generate(config)
+
+
+def check_forgetting(key: str, user: str, config: GenerateConfig) -> None:
+    STUDIOS[key].check_forgetting(user, config)
 
 
 def _learn_duration(
@@ -33,8 +48,7 @@ def _learn_duration(
     progress: gr.Progress,
 ) -> int:
     """Seconds to ask ZeroGPU for (spaces calls it with the job's own arguments)."""
-    samples = config.steps * config.batch_size * max(1, config.gradient_accumulation)
-    return int(30 + samples * GPU_SECONDS_PER_SAMPLE)
+    return int(learn_seconds(config))
 
 
 @spaces.GPU(duration=_learn_duration)
@@ -54,8 +68,7 @@ def learn_job(
 def _generate_duration(
     key: str, user: str, prompt: str, config: GenerateConfig, maps: bool, progress: gr.Progress
 ) -> int:
-    guided = config.attention_steps if config.caa or config.oaa else 0  # guided steps run the UNet twice
-    return int(15 + 2 * (config.steps + guided) * config.num_images * GPU_SECONDS_PER_SAMPLE)
+    return int(generate_seconds(config))
 
 
 @spaces.GPU(duration=_generate_duration)
@@ -69,9 +82,7 @@ def generate_job(
 
 
 def _forgetting_duration(key: str, user: str, config: GenerateConfig, progress: gr.Progress) -> int:
-    count = len(STUDIOS[key].session(user).concepts)
-    generations = count * (count + 1) // 2
-    return int(15 + 2 * generations * config.steps * config.num_images * GPU_SECONDS_PER_SAMPLE)
+    return int(generate_seconds(config, STUDIOS[key].forgetting_generations(user)))
 
 
 @spaces.GPU(duration=_forgetting_duration)

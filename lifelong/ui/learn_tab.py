@@ -13,9 +13,21 @@ from lifelong.folders import load_concepts
 from lifelong.intake import load_images
 from lifelong.methods import METHODS, get_method
 from lifelong.service import Studio, upload_notes
-from lifelong.ui.common import GPU, TRACKER, Page, Shown, paths, refresh, shown, user_errors
+from lifelong.ui.common import (
+    GPU,
+    QUEUED,
+    TRACKER,
+    Page,
+    Shown,
+    cancel_handler,
+    paths,
+    refresh,
+    shown,
+    user_errors,
+    user_of,
+)
 from lifelong.ui.forms import Form
-from lifelong.ui.jobs import learn_job
+from lifelong.ui.jobs import check_learn, learn_job
 
 
 @dataclass(frozen=True)
@@ -70,11 +82,12 @@ class LearnTab:
     def inputs(self) -> set[gr.components.Component]:
         return {self.images, self.name, self.class_word, self.method, *self.form.components}
 
-    def check_images(self, images: list[Any] | None) -> None:
+    def check_images(self, images: list[Any] | None, request: gr.Request) -> None:
         """Warn right after an upload about anything that will not work or will be changed."""
         files = paths(images)
         if not files:
             return
+        self.page.files.note_uploads(user_of(self.studio, request), files)
         try:
             load_images(files, self.studio.base.resolution)
         except LifelongError as error:
@@ -84,10 +97,17 @@ class LearnTab:
             gr.Warning(shown(note))
 
     @user_errors
+    def queued(self, request: gr.Request) -> None:
+        """Runs at the click, before the learn waits in the queue: a Cancel from now on stops it."""
+        self.studio.submit(user_of(self.studio, request), "learn")
+
+    @user_errors
     def learn(self, data: dict[Any, Any], request: gr.Request, progress: gr.Progress = TRACKER) -> Shown:
-        user = request.session_hash
+        user = user_of(self.studio, request)
         files = paths(data[self.images])
         config = self.form.parse_dict(data, method=data[self.method] or DEFAULT_METHOD)
+        self.page.files.note_uploads(user, files)
+        check_learn(self.page.key, config)
         for note in upload_notes(files):
             gr.Warning(shown(note))
         try:
@@ -96,14 +116,10 @@ class LearnTab:
             )
         except Cancelled as error:
             gr.Warning(shown(str(error)))
-            timeline, chips, status = refresh(self.studio, user)
+            timeline, chips, status = refresh(self.studio, self.page.files, user)
             return timeline, chips, shown(f"Cancelled: {error}")
-        timeline, chips, status = refresh(self.studio, user)
+        timeline, chips, status = refresh(self.studio, self.page.files, user)
         return timeline, chips, f"{message} {status}"
-
-    def cancel(self, request: gr.Request) -> None:
-        self.studio.cancel(request.session_hash)
-        gr.Info("Cancelling: learning stops after the current step.")
 
 
 def _inputs() -> tuple[gr.Gallery, gr.Textbox, gr.Textbox, gr.Dropdown, gr.Markdown, Form[LearnConfig]]:
@@ -161,7 +177,11 @@ def create_demo(studio: Studio, page: Page) -> None:
     tab = LearnTab(studio, page, images, name, class_word, method, form)
     images.upload(tab.check_images, images, None, api_name=False)
     method.change(method_changed, method, [method_text, form.component("settings")], api_name=False)
-    learn_button.click(tab.learn, tab.inputs, page.shown, api_name="learn", **GPU)
+    learn_button.click(tab.queued, None, None, **QUEUED).then(
+        tab.learn, tab.inputs, page.shown, api_name="learn", **GPU
+    )
     if example_list:
-        example_set.load_input_event.then(tab.learn, tab.inputs, page.shown, api_name=False, **GPU)
-    cancel_button.click(tab.cancel, None, None, api_name="cancel", concurrency_limit=None)
+        example_set.load_input_event.then(tab.queued, None, None, **QUEUED).then(
+            tab.learn, tab.inputs, page.shown, api_name=False, **GPU
+        )
+    cancel_button.click(cancel_handler(studio), None, None, api_name="cancel", concurrency_limit=None)

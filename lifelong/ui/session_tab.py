@@ -7,7 +7,8 @@ from typing import Any
 import gradio as gr
 
 from lifelong.service import Studio
-from lifelong.ui.common import Page, Shown, hidden, refresh, user_errors
+from lifelong.ui.common import Page, Shown, hidden, refresh, user_errors, user_of
+from lifelong.ui.files import SessionFiles
 
 SESSION_NOTE = """Your concepts live in a private folder on this server **only while this tab is open**; it is
 deleted when you leave, and a server restart loses it. **Export** to keep them: the file holds everything,
@@ -15,22 +16,27 @@ and **Import** restores it later, on any server running the same base model."""
 
 
 class SessionTab:
-    def __init__(self, studio: Studio) -> None:
+    def __init__(self, studio: Studio, files: SessionFiles) -> None:
         self.studio = studio
+        self.files = files
 
     @user_errors
     def export(self, request: gr.Request) -> str:
-        path = self.studio.export(request.session_hash)
+        """The session file, moved into the session's own folder of Gradio's cache (it goes with it)."""
+        user = user_of(self.studio, request)
+        path = self.files.move(user, self.studio.export(user))
         gr.Info("Exported: keep this file. Importing it restores the session, also after a server restart.")
-        return str(path)
+        return path
 
     @user_errors
     def import_file(self, file: str | None, request: gr.Request) -> Shown:
         if not file:
             raise gr.Error("Choose an exported session file (.zip) to import.")
-        session = self.studio.import_file(request.session_hash, file)
+        user = user_of(self.studio, request)
+        self.files.note_uploads(user, [file])
+        session = self.studio.import_file(user, file)
         gr.Info(f"Imported {len(session.concepts)} concept(s).")
-        return refresh(self.studio, request.session_hash)
+        return refresh(self.studio, self.files, user)
 
     def ask_reset(self, request: gr.Request) -> tuple[dict[str, Any], str]:
         """Reset deletes what a user would hate to lose: say what goes and ask first (shows the row)."""
@@ -45,8 +51,9 @@ class SessionTab:
 
     @user_errors
     def reset(self, request: gr.Request) -> tuple[list[tuple[str, str]], gr.Dataset, str, dict[str, Any]]:
-        self.studio.reset(request.session_hash)
-        return (*refresh(self.studio, request.session_hash), gr.update(visible=False))
+        user = user_of(self.studio, request)
+        self.studio.reset(user)
+        return (*refresh(self.studio, self.files, user), gr.update(visible=False))
 
 
 def create_demo(studio: Studio, page: Page) -> None:
@@ -61,7 +68,7 @@ def create_demo(studio: Studio, page: Page) -> None:
         confirm_reset = gr.Button("Yes, delete them", variant="stop", elem_id="confirm-reset")
         keep_button = gr.Button("Keep them")
     export_file = gr.File(label="Your session file", interactive=False)
-    tab = SessionTab(studio)
+    tab = SessionTab(studio, page.files)
     export_button.click(tab.export, None, export_file, api_name="export")
     import_button.upload(tab.import_file, import_button, page.shown, api_name="import")
     reset_button.click(tab.ask_reset, None, [reset_row, reset_question], api_name=False)

@@ -1,0 +1,68 @@
+"""What one request may cost, and the checks a request passes before it is queued.
+
+The range of every setting is written once, on its config field (``lifelong.configs``: ``check`` refuses
+values outside it). What a range cannot say is said here: a job's cost is its expected seconds on a Space
+GPU, computed from its settings alone, before it runs or waits for the GPU. The same functions size
+ZeroGPU's ``spaces.GPU`` durations (lifelong.ui.jobs) and refuse, through :class:`Budget`, requests that
+would hold the one shared GPU longer than the app allows (``$LIFELONG_MAX_JOB_SECONDS``), so one visitor
+cannot stall every other.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from lifelong.configs import GenerateConfig, LearnConfig, check
+from lifelong.errors import LimitError
+from lifelong.prompts import check_template
+
+BUDGET_ENV = "LIFELONG_MAX_JOB_SECONDS"
+DEFAULT_BUDGET_S = 900.0  # a learn at the UI's largest step count (2000 × batch 4) fits, with room
+SECONDS_PER_SAMPLE = 0.08  # one training sample (or one denoising step of one image) on a Space GPU
+LEARN_OVERHEAD_S = 30.0  # encoding the images, building the method's regularisers, saving
+GENERATE_OVERHEAD_S = 15.0
+
+
+def learn_seconds(config: LearnConfig) -> float:
+    samples = config.steps * config.batch_size * max(1, config.gradient_accumulation)
+    return LEARN_OVERHEAD_S + samples * SECONDS_PER_SAMPLE
+
+
+def generate_seconds(config: GenerateConfig, generations: int = 1) -> float:
+    """``generations`` calls of generate with ``config`` (classifier-free guidance runs the UNet twice)."""
+    # guided steps (the first attention_steps of them) run the UNet once more
+    guided = min(config.attention_steps, config.steps) if config.caa or config.oaa else 0
+    unet_calls = 2 * generations * (config.steps + guided) * config.num_images
+    return GENERATE_OVERHEAD_S + unet_calls * SECONDS_PER_SAMPLE
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The most expected seconds one request may take."""
+
+    max_seconds: float = DEFAULT_BUDGET_S
+
+    @classmethod
+    def from_env(cls) -> Budget:
+        value = os.environ.get(BUDGET_ENV)
+        return cls(float(value)) if value else cls()
+
+    def check(self, seconds: float, what: str, advice: str) -> None:
+        if seconds > self.max_seconds:
+            raise LimitError(
+                f"{what} would take about {seconds:,.0f} s of GPU time; this app allows at most "
+                f"{self.max_seconds:,.0f} s per request. {advice}"
+            )
+
+
+def check_learn(config: LearnConfig) -> None:
+    """Refuse LearnConfig values out of their range (``configs.check``) or a template that is not plain
+    ``{token}``/``{class_word}`` substitution, before anything runs."""
+    check(config)
+    check_template(config.prompt_template)
+
+
+def check_generate(config: GenerateConfig) -> None:
+    """Refuse GenerateConfig values out of their range (``configs.check``)."""
+    check(config)

@@ -1,0 +1,65 @@
+"""Text a user writes that reaches the tokenizer: prompts, negative prompts and the training template.
+
+The base's tokenizer knows the concept slot tokens (``<|slot0|>``…); only the app writes them, when it
+rewrites ``<name>``. A user's text that spells one (in any Unicode disguise the tokenizer might fold) is
+refused, so no prompt can reach a slot directly. Templates are filled by plain substitution of
+``{token}`` and ``{class_word}``: never ``str.format``, whose format specs (``{token: >20000000}``) and
+positional fields (``{0}``) are a user-controlled mini-language.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from lifelong.errors import InvalidPromptError
+
+TOKEN_PATTERN = re.compile(r"<([a-z0-9][a-z0-9_-]{0,31})>")  # a concept as users write it: <name>
+MAX_PROMPT_CHARS = 1000  # far beyond what the text encoder reads (77 tokens); bounds tokenizer work
+MAX_TEMPLATE_CHARS = 200
+_FIELDS = re.compile(r"\{(token|class_word)\}")
+
+
+def _folded(text: str) -> str:
+    """What a tokenizer's normaliser could turn ``text`` into: NFKC, case-folded, format characters
+    (zero-width joiners, soft hyphens…) dropped."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf")
+
+
+def check_prompt(text: str, what: str = "the prompt") -> str:
+    """``text`` if a user may send it to the model; else an InvalidPromptError saying why."""
+    if not isinstance(text, str):
+        raise InvalidPromptError(f"{what} must be text.")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InvalidPromptError(f"{what} is {len(text)} characters long; use at most {MAX_PROMPT_CHARS}.")
+    folded = _folded(text)
+    if "<|" in folded or "|>" in folded:
+        raise InvalidPromptError(f"{what} contains a reserved '<|…|>' token; write your concepts as <name>.")
+    return text
+
+
+def check_template(template: str) -> str:
+    """A training prompt template: ``{token}`` once or more, optionally ``{class_word}``, plain words."""
+    if not isinstance(template, str) or not template.strip():
+        raise InvalidPromptError("The prompt template is empty; use e.g. 'a {token} {class_word}'.")
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise InvalidPromptError(
+            f"The prompt template is too long; use at most {MAX_TEMPLATE_CHARS} characters."
+        )
+    rest = _FIELDS.sub("", template)
+    if "{" in rest or "}" in rest:
+        raise InvalidPromptError("The prompt template may use only {token} and {class_word} in braces.")
+    if "{token}" not in template:
+        raise InvalidPromptError("The prompt template must contain {token}, e.g. 'a {token} {class_word}'.")
+    if any(c in rest for c in "<>|"):
+        raise InvalidPromptError(
+            "The prompt template cannot contain <, > or |; write the concept as {token}."
+        )
+    return check_prompt(template, "the prompt template")
+
+
+def fill_template(template: str, token: str, class_word: str) -> str:
+    """The template with ``{token}`` and ``{class_word}`` replaced, whitespace collapsed."""
+    values = {"token": token, "class_word": class_word}
+    return " ".join(_FIELDS.sub(lambda match: values[match.group(1)], template).split())
