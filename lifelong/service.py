@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from lifelong.base import BUNDLED_EVAL_CLIP, BaseModel
+from lifelong.base import BUNDLED_EVAL_IDENTITY, BaseModel
 from lifelong.concepts import MANIFEST, Concept, Session
 from lifelong.errors import Cancelled, ImageCountError, SessionFormatError
 from lifelong.files import atomic_write
@@ -30,7 +30,7 @@ from lifelong.generate import GenerateConfig, generate, generate_with_maps, warm
 from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource
 from lifelong.learner import LearnConfig, learn
 from lifelong.limits import Budget, check_generate, check_learn, generate_seconds, learn_seconds
-from lifelong.metrics import EvalClip, image_alignment, image_features
+from lifelong.metrics import IdentityEncoder, identity_features, image_alignment
 from lifelong.progress import Progress, ProgressFn
 
 SESSIONS_ENV = "LIFELONG_SESSIONS_DIR"
@@ -482,18 +482,20 @@ def _recover(folder: Path) -> None:
         old.rename(current)
 
 
-class ClipScorer:
-    """IA with an evaluation CLIP (lifelong.metrics)."""
+class IdentityScorer:
+    """IA with the identity encoder (lifelong.metrics): features that tell instances apart."""
 
-    def __init__(self, clip: EvalClip) -> None:
-        self.clip = clip
+    def __init__(self, encoder: IdentityEncoder) -> None:
+        self.encoder = encoder
 
     def image_alignment(self, generated: Sequence[Image.Image], references: Sequence[Image.Image]) -> float:
-        return image_alignment(image_features(self.clip, generated), image_features(self.clip, references))
+        return image_alignment(
+            identity_features(self.encoder, generated), identity_features(self.encoder, references)
+        )
 
 
 def default_scorer() -> tuple[Scorer | None, str]:
-    """The IA scorer on the bundled eval CLIP, or None and the reason it is unavailable."""
-    if not BUNDLED_EVAL_CLIP.exists():
-        return None, "the evaluation CLIP (assets/eval-clip) is not installed in this copy."
-    return ClipScorer(EvalClip.load(BUNDLED_EVAL_CLIP)), ""
+    """The IA scorer on the bundled identity encoder, or None and the reason it is unavailable."""
+    if not BUNDLED_EVAL_IDENTITY.exists():
+        return None, "the identity encoder (assets/eval-identity) is not installed in this copy."
+    return IdentityScorer(IdentityEncoder.load(BUNDLED_EVAL_IDENTITY)), ""

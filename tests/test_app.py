@@ -48,7 +48,7 @@ def base(request):
 
 @pytest.fixture(scope="module")
 def served(base, tmp_path_factory):
-    scorer, why = default_scorer()  # the eval CLIP when it is installed, as the app runs
+    scorer, why = default_scorer()  # the identity encoder when it is installed, as the app runs
     studio = Studio(base, root=tmp_path_factory.mktemp("sessions"), scorer=scorer, scorer_note=why)
     demo = create_app(studio)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
