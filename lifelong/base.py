@@ -15,6 +15,7 @@ from typing import cast
 import torch
 from accelerate import Accelerator, PartialState
 from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionPipeline
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO_ROOT / "assets" / "base-model"
@@ -22,6 +23,25 @@ BUNDLED_EVAL_CLIP = REPO_ROOT / "assets" / "eval-clip"
 BUNDLED_EVAL_IDENTITY = REPO_ROOT / "assets" / "eval-identity"
 BASE_MODEL_ENV = "LIFELONG_BASE_MODEL"
 COMPILE_ENV = "LIFELONG_COMPILE"
+
+# Which sampler generation uses (BaseModel.sampling_scheduler), one rule:
+# - a base that ships one of these samples with it, as its config says: ODE solvers, whose steps add no noise
+#   of their own, so a seed's initial noise fixes the image (DPM-Solver only with a non-SDE algorithm_type);
+# - a base that ships DDIM samples with DDIM as it always did (steps_offset=1, clip_sample=False,
+#   set_alpha_to_one=False: SD-1.x's sampling settings, whatever its config says), the bundled model included;
+# - anything else (DDPM, a training schedule that wants ~1,000 steps; ancestral and SDE samplers, which draw
+#   fresh noise at each step; a class not listed) samples with that DDIM, built from the shipped config.
+SHIPPED_SAMPLERS = frozenset(
+    {
+        "PNDMScheduler",  # what SD-1.x checkpoints ship
+        "LMSDiscreteScheduler",
+        "EulerDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "DPMSolverMultistepScheduler",
+        "UniPCMultistepScheduler",
+        "DEISMultistepScheduler",
+    }
+)
 
 
 def default_model() -> str:
@@ -118,8 +138,17 @@ class BaseModel:
             self.compiled_unet = cast(torch.nn.Module, torch.compile(self.pipe.unet))
         return self.compiled_unet
 
-    def sampling_scheduler(self) -> DDIMScheduler:
-        """A fresh sampler (schedulers keep per-run state, so never share one between calls)."""
+    def sampling_scheduler(self) -> SchedulerMixin:
+        """A fresh sampler for one generation (schedulers keep per-run state, so never share one between
+        calls): the base's own when it ships one of SHIPPED_SAMPLERS, else DDIM (see SHIPPED_SAMPLERS)."""
+        shipped = self.pipe.scheduler
+        sde = "sde" in str(shipped.config.get("algorithm_type", ""))
+        if type(shipped).__name__ in SHIPPED_SAMPLERS and not sde:
+            return type(shipped).from_config(shipped.config)
+        return self.ddim_scheduler()
+
+    def ddim_scheduler(self) -> DDIMScheduler:
+        """A fresh DDIM sampler on the base's noise schedule: the default sampler; DFKD's teacher walks."""
         return DDIMScheduler.from_config(
             self.pipe.scheduler.config, steps_offset=1, clip_sample=False, set_alpha_to_one=False
         )

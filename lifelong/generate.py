@@ -1,17 +1,16 @@
-"""Text-to-image with a session at any checkpoint: the sampling loop, in small steps.
+"""Text-to-image with a session at any checkpoint, through diffusers' own pipelines (lifelong.pipelines).
 
-We own the loop (rather than calling the pipeline) because methods change where it starts (in-context
-generation starts from a stored latent) and what happens inside it (attention guidance moves the latents).
-Same seed, same prompt, same checkpoint → the same image, on any run.
+What we hand them: the seeds' initial noise (drawn on the CPU, so every device gets the same numbers) as
+``latents``, the prompt encoded with the session's slot tokens as ``prompt_embeds``, attention guidance as
+step hooks, and for in-context generation (ICGen) a stored latent as the image-to-image start. Same seed,
+same prompt, same checkpoint → the same image, on any run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import torch
-from diffusers import DDIMScheduler
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from lifelong.adapters import use_state
@@ -21,12 +20,17 @@ from lifelong.concepts import Session
 from lifelong.configs import GenerateConfig, check
 from lifelong.encoding import decode, encode_text
 from lifelong.errors import InvalidPromptError, InvalidSettingError
-from lifelong.progress import Progress, ProgressFn
+from lifelong.pipelines import (
+    ImageToImage,
+    StepHooks,
+    TextToImage,
+    diffusers_strength,
+    kept_steps,
+    sampling_pipeline,
+)
+from lifelong.progress import ProgressFn
 
 __all__ = ["GenerateConfig", "denoise", "generate", "generate_with_maps", "initial_noise", "warm_up"]
-
-Predict = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (scaled latents, t) → ε or v
-Guide = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]  # (step index, t, latents) → latents
 
 
 def check_inputs(prompt: str, config: GenerateConfig) -> None:
@@ -52,7 +56,7 @@ def initial_noise(base: BaseModel, seeds: list[int]) -> torch.Tensor:
 @torch.no_grad()
 def denoise(
     base: BaseModel,
-    latents: torch.Tensor,
+    seeds: list[int],
     cond: torch.Tensor,
     uncond: torch.Tensor,
     config: GenerateConfig,
@@ -60,53 +64,36 @@ def denoise(
     attention: AttentionControl | None = None,
     context: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """DDIM with classifier-free guidance from pure noise (``latents``) to clean latents.
+    """Clean latents, one per seed, through diffusers' text-to-image pipeline with classifier-free guidance.
 
     ``attention`` (CAA/OAA) may move the latents before each step's noise prediction. With a ``context``
-    latent and ``config.icgen_strength`` < 1 sampling starts from the context instead (ICGen).
+    latent and ``config.icgen_strength`` < 1, image-to-image from the context instead (ICGen): it keeps the
+    last round(steps × strength) steps (at least one) and noises the context to the first kept one.
     """
     unet = base.pipe.unet if attention is not None else base.sampling_unet()
-    scheduler = base.sampling_scheduler()
-    scheduler.set_timesteps(config.steps, device=base.device)
-    timesteps = scheduler.timesteps
-    if context is not None and config.icgen_strength < 1.0:
-        latents, timesteps = noised_context(scheduler, context, latents, config.icgen_strength)
-    else:
-        latents = latents * scheduler.init_noise_sigma
-    batch = len(latents)
-    embeddings = torch.cat([uncond.expand(batch, -1, -1), cond.expand(batch, -1, -1)])
-
-    def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # ε or v, whichever the scheduler's prediction_type says; guidance is linear in either
-        model_input = torch.cat([latents, latents]).to(base.dtype)
-        uncond_out, cond_out = unet(model_input, t, embeddings).sample.float().chunk(2)
-        return uncond_out + config.guidance_scale * (cond_out - uncond_out)
-
-    guide = None
-    if attention is not None:
-        guide = lambda index, t, latents: attention.guide(index, t, latents, scheduler)  # noqa: E731
-    return sampling_loop(scheduler, latents, timesteps, predict, guide, progress)
-
-
-def sampling_loop(
-    scheduler: SchedulerMixin,
-    latents: torch.Tensor,
-    timesteps: torch.Tensor,
-    predict: Predict,
-    guide: Guide | None = None,
-    progress: ProgressFn | None = None,
-) -> torch.Tensor:
-    """The sampler's steps over ``timesteps`` from ``latents`` (already scaled to the first one): per step,
-    ``guide`` may move the latents, then ``predict`` gives the model output for the scaled latents. Shared
-    by sampling and by DFKD's teacher walks."""
-    for index, t in enumerate(timesteps):
-        if guide is not None:
-            latents = guide(index, t, latents)
-        output = predict(scheduler.scale_model_input(latents, t), t)
-        latents = scheduler.step(output, t, latents).prev_sample
-        if progress is not None:
-            progress(Progress(index + 1, len(timesteps), message="generating"))
-    return latents
+    hooks = StepHooks(attention.guide if attention is not None else None, progress)
+    common: dict[str, Any] = {
+        "prompt_embeds": cond,
+        "negative_prompt_embeds": uncond,
+        "num_inference_steps": config.steps,
+        "guidance_scale": config.guidance_scale,
+        "num_images_per_prompt": len(seeds),
+        "callback_on_step_end": hooks if hooks.guide or hooks.progress else None,
+        "output_type": "latent",
+        "return_dict": False,
+    }
+    if context is None or config.icgen_strength >= 1.0:
+        pipe = sampling_pipeline(base, TextToImage, unet, hooks)
+        # the seeds' noise as ours, drawn on the CPU; the pipeline scales it by init_noise_sigma
+        return pipe(latents=initial_noise(base, seeds).to(base.dtype), **common)[0].float()
+    pipe = sampling_pipeline(base, ImageToImage, unet, hooks)
+    kept = kept_steps(config.steps, config.icgen_strength)
+    hooks.first = (config.steps - kept) * pipe.scheduler.order
+    # diffusers draws the noise from these generators on the CPU: per seed, the numbers initial_noise draws
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    image = context.expand(len(seeds), -1, -1, -1).to(base.device, base.dtype)  # latents: used as they are
+    strength = diffusers_strength(config.steps, kept)
+    return pipe(image=image, strength=strength, generator=generators, **common)[0].float()
 
 
 def warm_up(base: BaseModel, image_counts: tuple[int, ...] = (1, 2)) -> None:
@@ -121,19 +108,7 @@ def warm_up(base: BaseModel, image_counts: tuple[int, ...] = (1, 2)) -> None:
         text = encode_text(base, [""])
         for count in image_counts:
             config = GenerateConfig(steps=1, num_images=count)
-            denoise(base, initial_noise(base, list(range(count))), text, text, config)
-
-
-def noised_context(
-    scheduler: DDIMScheduler, context: torch.Tensor, noise: torch.Tensor, strength: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Img2img start: keep the last ``strength`` share of the timesteps (at least one) and noise the
-    context latent to the first kept one. Returns the start latents and the timesteps left to run."""
-    timesteps = scheduler.timesteps
-    kept = max(1, round(len(timesteps) * strength))
-    remaining = timesteps[len(timesteps) - kept :]
-    start = remaining[:1].repeat(len(noise))
-    return scheduler.add_noise(context.expand_as(noise).to(noise), noise, start), remaining
+            denoise(base, list(range(count)), text, text, config)
 
 
 def vision_context(session: Session, prompt: str, checkpoint: int, choice: str) -> torch.Tensor | None:
@@ -178,9 +153,7 @@ def generate(
             attention_control(base, text, session.names()[:k], cond, config, record) as control,
             torch.inference_mode(control is None),
         ):
-            latents = denoise(
-                base, initial_noise(base, seeds), cond, uncond, config, progress, control, context
-            )
+            latents = denoise(base, seeds, cond, uncond, config, progress, control, context)
             return decode(base, latents)
 
 

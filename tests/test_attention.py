@@ -21,7 +21,7 @@ from lifelong.base import BaseConfig, prepare_base
 from lifelong.concepts import Session
 from lifelong.encoding import decode, encode_text
 from lifelong.errors import Cancelled
-from lifelong.generate import GenerateConfig, denoise, generate, generate_with_maps, initial_noise
+from lifelong.generate import GenerateConfig, denoise, generate, generate_with_maps
 from lifelong.learner import LearnConfig, learn
 
 PROMPT = "a red <rex> dog and a <mug> on the left"
@@ -98,7 +98,7 @@ def test_both_off_is_plain_generation_bit_for_bit_and_swaps_nothing(sharp_base, 
     with use_state(sharp_base, two_concepts.state(2, sharp_base.slot_token_ids)), torch.no_grad():
         cond = encode_text(sharp_base, [two_concepts.rewrite_prompt(PROMPT, 2)])
         uncond = encode_text(sharp_base, [""])
-        plain = decode(sharp_base, denoise(sharp_base, initial_noise(sharp_base, [3, 4]), cond, uncond, OFF))
+        plain = decode(sharp_base, denoise(sharp_base, [3, 4], cond, uncond, OFF))
     assert np.array_equal(pixels(images), pixels(plain))
     assert seen == [False] * OFF.steps
     generate(

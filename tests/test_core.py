@@ -17,7 +17,8 @@ from lifelong.adapters import target_module_names, trainable
 from lifelong.base import BaseConfig, compile_default, prepare_base
 from lifelong.concepts import Session
 from lifelong.errors import Cancelled, CheckpointError, InvalidPromptError, SessionFormatError
-from lifelong.generate import GenerateConfig, generate, warm_up
+from lifelong.encoding import encode_text
+from lifelong.generate import GenerateConfig, denoise, generate, warm_up
 from lifelong.learner import LearnConfig, concept_loss, learn
 
 FAST = GenerateConfig(steps=3, seed=7, num_images=2)
@@ -95,6 +96,35 @@ def test_v_prediction_zero_snr_base_learns_and_samples_from_pure_noise(tmp_path)
     assert after < before * 0.97, (before, after)
     generated = pixels(generate(base, session, "a <rex> dog", FAST))
     assert generated.std() > 1.0
+
+
+@pytest.mark.parametrize(
+    "shipped, sampler",
+    [
+        ("DDIMScheduler", "DDIMScheduler"),
+        ("EulerDiscreteScheduler", "EulerDiscreteScheduler"),
+        ("PNDMScheduler", "PNDMScheduler"),
+        ("DDPMScheduler", "DDIMScheduler"),  # a training schedule
+        ("EulerAncestralDiscreteScheduler", "DDIMScheduler"),  # draws noise at each step
+    ],
+)
+def test_sampling_uses_the_bases_own_ode_sampler_else_ddim(shipped, sampler):
+    """base.SHIPPED_SAMPLERS: a base's own ODE sampler is honoured, anything else samples with DDIM; either
+    way the same seed gives the same latents, for text-to-image and for an ICGen start."""
+    import diffusers
+
+    pipe = tiny_pipeline()
+    pipe.scheduler = getattr(diffusers, shipped).from_config(pipe.scheduler.config)
+    base = prepare_base(pipe, BaseConfig(model="tiny", concept_slots=2), torch.device("cpu"))
+    assert type(base.sampling_scheduler()).__name__ == sampler
+    context = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        cond, uncond = encode_text(base, ["a dog"]), encode_text(base, [""])
+        for strength in (1.0, 0.5):
+            config = GenerateConfig(steps=4, icgen_strength=strength)
+            first = denoise(base, [3, 4], cond, uncond, config, context=context)
+            assert torch.equal(first, denoise(base, [3, 4], cond, uncond, config, context=context))
+            assert first.isfinite().all() and not torch.equal(first[0], first[1])
 
 
 def test_save_export_import_gives_the_same_image(tiny_base, learned, tmp_path):

@@ -17,11 +17,13 @@ teacher DDIM steps (of 20) from noise, fresh every step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from lifelong.errors import InvalidSettingError
-from lifelong.generate import sampling_loop
 from lifelong.settings import Setting
 from lifelong.step import BuildContext, StepContext, draw_noise
 
@@ -116,16 +118,15 @@ class DataFreeDistillation:
         """``walk`` (default: j ~ U{1..sampler_steps}) teacher sampler steps of 20 from ``noise`` (the
         generator's own loop, without guidance); returns the latents and the timestep they are at (the last
         grid step when the walk is complete)."""
-        scheduler = ctx.base.sampling_scheduler()
+        scheduler = ctx.base.ddim_scheduler()  # a first-order sampler: j steps end at timesteps[j]
         scheduler.set_timesteps(SAMPLER_GRID, device=noise.device)
         if walk is None:
             walk = int(
                 torch.randint(1, self.sampler_steps + 1, (1,), generator=ctx.generator, device=noise.device)
             )
         teacher = lambda latents, t: ctx.teacher(latents.to(ctx.base.dtype), t, embeddings)  # noqa: E731
-        latents = sampling_loop(
-            scheduler, noise * scheduler.init_noise_sigma, scheduler.timesteps[:walk], teacher
-        )
+        start = noise * scheduler.init_noise_sigma
+        latents = teacher_steps(scheduler, start, scheduler.timesteps[:walk], teacher)
         return latents, scheduler.timesteps[min(walk, SAMPLER_GRID - 1)].repeat(len(latents))
 
 
@@ -139,3 +140,18 @@ def build(ctx: BuildContext) -> DataFreeDistillation:
         int(s["dfkd_samples"]),
         int(s["dfkd_sampler_steps"]),
     )
+
+
+def teacher_steps(
+    scheduler: SchedulerMixin,
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The sampler's steps over ``timesteps`` from ``latents`` (already scaled to the first one), with
+    ``predict`` (scaled latents, t) → the model output, no guidance. A loop of our own rather than a pipeline
+    call: the teacher is a function (the UNet with the trainable set switched off), not a module a pipeline
+    could hold, and a walk stops after j of the 20 steps, still noisy."""
+    for t in timesteps:
+        latents = scheduler.step(predict(scheduler.scale_model_input(latents, t), t), t, latents).prev_sample
+    return latents

@@ -29,7 +29,7 @@ from PIL import Image
 from lifelong.adapters import use_state
 from lifelong.base import BUNDLED_EVAL_CLIP, BaseModel
 from lifelong.encoding import decode, encode_images, encode_text
-from lifelong.generate import GenerateConfig, denoise, initial_noise
+from lifelong.generate import GenerateConfig, denoise
 from lifelong.metrics import EvalClip, image_features
 from lifelong.settings import Setting
 from lifelong.step import AfterLearnContext, BuildContext, StepContext
@@ -74,7 +74,7 @@ def sample_latents(base: BaseModel, prompt: str, seeds: list[int], steps: int) -
     """Clean latents the live model generates for ``prompt`` (a prompt with slot tokens)."""
     cond, uncond = encode_text(base, [prompt]), encode_text(base, [""])
     with torch.inference_mode():
-        latents = denoise(base, initial_noise(base, seeds), cond, uncond, GenerateConfig(steps=steps))
+        latents = denoise(base, seeds, cond, uncond, GenerateConfig(steps=steps))
     return latents.clone()  # a normal tensor again: training uses it with autograd
 
 
