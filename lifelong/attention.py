@@ -29,21 +29,19 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from PIL import Image
 
 from lifelong.base import BaseModel
 from lifelong.configs import GenerateConfig
 from lifelong.encoding import tokenize
-
-if TYPE_CHECKING:
-    from diffusers import DDIMScheduler
 
 FUNCTION_WORDS = frozenset(
     {"a", "an", "the", "and", "or", "with", "without", "on", "in", "at", "of", "to", "by", "for", "from"}
@@ -286,7 +284,8 @@ def orthogonal_attention_loss(
 
 @dataclass
 class AttentionControl:
-    """What ``denoise`` calls at each step: moves the latents by the CAA/OAA gradient in early steps."""
+    """The sampling pipelines' step guide (lifelong.pipelines.StepHooks): moves the latents by the CAA/OAA
+    gradient in early steps."""
 
     base: BaseModel
     store: AttentionStore
@@ -310,7 +309,7 @@ class AttentionControl:
         return total
 
     def guide(
-        self, index: int, t: torch.Tensor, latents: torch.Tensor, scheduler: DDIMScheduler
+        self, index: int, t: torch.Tensor, latents: torch.Tensor, scheduler: SchedulerMixin
     ) -> torch.Tensor:
         """Latents after one gradient step on the attention losses (step ``index`` < ``steps``), else as is."""
         if index >= self.steps:

@@ -84,12 +84,14 @@ def denoise(
     }
     if context is None or config.icgen_strength >= 1.0:
         pipe = sampling_pipeline(base, TextToImage, unet, hooks)
-        # the seeds' noise as ours, drawn on the CPU; the pipeline scales it by init_noise_sigma
+        # the seeds' noise, drawn on the CPU; the pipeline scales it by init_noise_sigma and keeps its latents
+        # in the UNet's dtype (on float16 GPUs the sampler's arithmetic is float16 now, it was float32)
         return pipe(latents=initial_noise(base, seeds).to(base.dtype), **common)[0].float()
     pipe = sampling_pipeline(base, ImageToImage, unet, hooks)
     kept = kept_steps(config.steps, config.icgen_strength)
     hooks.first = (config.steps - kept) * pipe.scheduler.order
     # diffusers draws the noise from these generators on the CPU: per seed, the numbers initial_noise draws
+    # (in float32 bases; a float16 base gets them drawn in float16)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     image = context.expand(len(seeds), -1, -1, -1).to(base.device, base.dtype)  # latents: used as they are
     strength = diffusers_strength(config.steps, kept)

@@ -16,8 +16,8 @@ from tiny import tiny_pipeline
 from lifelong.adapters import target_module_names, trainable
 from lifelong.base import BaseConfig, compile_default, prepare_base
 from lifelong.concepts import Session
-from lifelong.errors import Cancelled, CheckpointError, InvalidPromptError, SessionFormatError
 from lifelong.encoding import encode_text
+from lifelong.errors import Cancelled, CheckpointError, InvalidPromptError, SessionFormatError
 from lifelong.generate import GenerateConfig, denoise, generate, warm_up
 from lifelong.learner import LearnConfig, concept_loss, learn
 
