@@ -30,7 +30,7 @@ from lifelong.generate import GenerateConfig, generate, generate_with_maps, warm
 from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource
 from lifelong.learner import LearnConfig, learn
 from lifelong.limits import Budget, check_generate, check_learn, generate_seconds, learn_seconds
-from lifelong.metrics import IdentityEncoder, identity_features, image_alignment
+from lifelong.metrics import EvalClip, IdentityEncoder, identity_features, image_alignment, image_features
 from lifelong.progress import Progress, ProgressFn
 
 SESSIONS_ENV = "LIFELONG_SESSIONS_DIR"
@@ -480,6 +480,16 @@ def _recover(folder: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         old.rename(current)
+
+
+class ClipScorer:
+    """IA with a CLIP's image tower (e.g. a small test CLIP); the app uses :class:`IdentityScorer`."""
+
+    def __init__(self, clip: EvalClip) -> None:
+        self.clip = clip
+
+    def image_alignment(self, generated: Sequence[Image.Image], references: Sequence[Image.Image]) -> float:
+        return image_alignment(image_features(self.clip, generated), image_features(self.clip, references))
 
 
 class IdentityScorer:
