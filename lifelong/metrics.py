@@ -37,6 +37,7 @@ from transformers import (
 )
 
 from lifelong.base import BUNDLED_EVAL_CLIP, BUNDLED_EVAL_IDENTITY
+from lifelong.colors import NAMED_COLORS
 
 
 @dataclass
@@ -161,21 +162,6 @@ def leave_one_out_identification(groups: Sequence[torch.Tensor]) -> float:
             hits += int((centroids @ row).argmax().item() == k)
             total += 1
     return hits / total
-
-
-# Colour words a prompt may ask for as a background, as sRGB (the bundled world's palette).
-NAMED_COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "orange": (245, 140, 30),
-    "yellow": (245, 225, 50),
-    "green": (50, 170, 60),
-    "blue": (40, 90, 220),
-    "purple": (130, 60, 190),
-    "pink": (245, 150, 200),
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-    "gray": (128, 128, 128),
-}
 
 
 def background_color(

@@ -101,7 +101,8 @@ def test_leave_one_out_identification_counts_nearest_other_centroids():
 
 
 def test_background_color_reads_the_border_not_the_object():
-    from lifelong.metrics import NAMED_COLORS, background_color
+    from lifelong.colors import NAMED_COLORS
+    from lifelong.metrics import background_color
 
     image = Image.new("RGB", (64, 64), NAMED_COLORS["blue"])
     image.paste(Image.new("RGB", (40, 40), NAMED_COLORS["yellow"]), (12, 12))

@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from lifelong.base import BaseConfig, BaseModel, compile_requested, get_base
+from lifelong.colors import NAMED_COLORS
 from lifelong.concepts import Session
 from lifelong.files import atomic_write, write_json
 from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts
@@ -38,7 +39,6 @@ from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig, learn
 from lifelong.metrics import (
-    NAMED_COLORS,
     EvalClip,
     IdentityEncoder,
     background_color,

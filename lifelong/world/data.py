@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..colors import NAMED_COLORS
+
 FONT_PATH = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 _FONT_SIZE = 109  # the only size the bitmap font loads at (see NOTES.md)
 _GLYPH = 136  # rendered glyph box is 136×128; we pad it to a square
@@ -68,18 +70,7 @@ HELD_OUT: tuple[Emoji, ...] = (
 
 CATEGORIES: tuple[str, ...] = ("animal", "food", "vehicle", "object", "plant")
 
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "orange": (245, 140, 30),
-    "yellow": (245, 225, 50),
-    "green": (50, 170, 60),
-    "blue": (40, 90, 220),
-    "purple": (130, 60, 190),
-    "pink": (245, 150, 200),
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-    "gray": (128, 128, 128),
-}
+COLORS: dict[str, tuple[int, int, int]] = NAMED_COLORS
 
 # Object centre as a fraction of the image side, and how captions say it.
 POSITIONS: dict[str, tuple[float, float, str]] = {
