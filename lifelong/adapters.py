@@ -32,7 +32,9 @@ from lifelong.base import BaseModel
 KINDS = ("kv", "lora", "lora-attn")
 _ADAPTER = "lifelong"
 _KV = ("attn2.to_k", "attn2.to_v")
-_ATTENTION = tuple(f"{attn}.{proj}" for attn in ("attn1", "attn2") for proj in ("to_q", "to_k", "to_v", "to_out.0"))
+_ATTENTION = tuple(
+    f"{attn}.{proj}" for attn in ("attn1", "attn2") for proj in ("to_q", "to_k", "to_v", "to_out.0")
+)
 
 
 def target_module_names(unet: nn.Module, kind: str = "kv") -> list[str]:

@@ -78,7 +78,9 @@ class IdentityEncoder:
 
 
 @torch.no_grad()
-def identity_features(encoder: IdentityEncoder, images: Sequence[Image.Image], batch: int = 64) -> torch.Tensor:
+def identity_features(
+    encoder: IdentityEncoder, images: Sequence[Image.Image], batch: int = 64
+) -> torch.Tensor:
     """L2-normalised identity features, one row per image, float32 on the CPU."""
     device = next(encoder.model.parameters()).device
     rows = []
@@ -173,7 +175,9 @@ def background_color(
     mask[border:-border, border:-border] = False
     median = pixels[mask].median(dim=0).values
     names = list(palette)
-    distances = torch.stack([torch.linalg.norm(median - torch.tensor(palette[c], dtype=torch.float32)) for c in names])
+    distances = torch.stack(
+        [torch.linalg.norm(median - torch.tensor(palette[c], dtype=torch.float32)) for c in names]
+    )
     return names[int(distances.argmin())]
 
 

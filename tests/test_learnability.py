@@ -50,7 +50,15 @@ def test_cli_learns_each_concept_alone_and_writes_scores_and_grid(tmp_path, caps
         for k, image in enumerate(pattern_images(seed=seed)):
             image.save(folder / f"{k}.png")
     out = tmp_path / "out"
-    args = ["--learn", "--model", str(model), "--eval-clip", str(clip), "--concept-dir", str(tmp_path / "mine")]
+    args = [
+        "--learn",
+        "--model",
+        str(model),
+        "--eval-clip",
+        str(clip),
+        "--concept-dir",
+        str(tmp_path / "mine"),
+    ]
     args += ["--learn-concepts", "2", "--methods", "finetune", "--steps", "2", "--sample-steps", "2"]
     args += ["--learn-images", "1", "--out", str(out), "--device", "cpu"]
     assert main(args) == 0

@@ -14,6 +14,8 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -23,7 +25,7 @@ from lifelong.folders import load_concepts
 from lifelong.service import Studio
 
 
-def _timed(label: str, action, results: dict[str, list[float]]) -> None:  # type: ignore[no-untyped-def]
+def _timed(label: str, action: Callable[[], object], results: dict[str, list[float]]) -> None:
     started = time.perf_counter()
     action()
     seconds = time.perf_counter() - started
@@ -43,14 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
         user = f"timing{repeat:02d}"
-        learn = lambda: studio.learn(user, list(concept.images), concept.name, concept.class_word, LearnConfig())  # noqa: E731
-        _timed(f"learn <{concept.name}> ({LearnConfig().method}, {LearnConfig().steps} steps)", learn, results)
+        images = list(concept.images)
+        learn = partial(studio.learn, user, images, concept.name, concept.class_word, LearnConfig())
+        steps = f"{LearnConfig().method}, {LearnConfig().steps} steps"
+        _timed(f"learn <{concept.name}> ({steps})", learn, results)
+        prompt = f"a <{concept.name}> {concept.class_word} on a blue background"
         for count in (1, 4):
             config = GenerateConfig(num_images=count, seed=repeat)
-            prompt = f"a <{concept.name}> {concept.class_word} on a blue background"
-            _timed(f"generate {count} image(s)", lambda: studio.generate(user, prompt, config), results)  # noqa: B023
+            _timed(f"generate {count} image(s)", partial(studio.generate, user, prompt, config), results)
     for label, values in results.items():
-        print(f"{label}: min {min(values):.2f} s, median {statistics.median(values):.2f} s over {len(values)}")
+        print(
+            f"{label}: min {min(values):.2f} s, median {statistics.median(values):.2f} s over {len(values)}"
+        )
     return 0
 
 

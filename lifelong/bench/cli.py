@@ -61,7 +61,10 @@ def _lifelong_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"eval images per prompt and checkpoint (default {FULL['images_per_prompt']})",
     )
     group.add_argument(
-        "--sample-steps", type=int, default=None, help="DDIM steps of eval images (default 20; --learn: 25, the app's)"
+        "--sample-steps",
+        type=int,
+        default=None,
+        help="DDIM steps of eval images (default 20; --learn: 25, the app's)",
     )
     group.add_argument(
         "--quick",

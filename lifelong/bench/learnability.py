@@ -183,7 +183,9 @@ def report(scores: Sequence[ConceptScore], mean: dict[str, float], command: str,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("learnability (--learn)")
-    group.add_argument("--learn-concepts", type=int, default=12, help="how many concepts to learn (default 12)")
+    group.add_argument(
+        "--learn-concepts", type=int, default=12, help="how many concepts to learn (default 12)"
+    )
     group.add_argument("--learn-images", type=int, default=4, help="images per prompt (default 4)")
 
 
@@ -207,7 +209,9 @@ def run(args: argparse.Namespace) -> int:
     references = reference_features(encoder, everyone, base.resolution)
     scores, rows = [], []
     for k in range(len(chosen)):
-        result, images = learn_and_score(base, clip, encoder, everyone, k, references, config, generate_config, out)
+        result, images = learn_and_score(
+            base, clip, encoder, everyone, k, references, config, generate_config, out
+        )
         scores.append(result)
         refs = load_images(list(chosen[k].images[:3]), base.resolution)
         rows.append((refs, images[:: max(1, args.learn_images // 2)]))

@@ -34,9 +34,9 @@ from lifelong.learner import LearnConfig, learn
 from lifelong.methods import METHODS, get_method
 from lifelong.metrics import (
     EvalClip,
+    FeatureCache,
     IdentityEncoder,
     alignment_features,
-    FeatureCache,
     forgetting,
     image_alignment,
     image_features,

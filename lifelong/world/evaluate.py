@@ -177,7 +177,10 @@ def main() -> None:
     parser.add_argument("--eager", action="store_true", help="time the uncompiled UNet")
     args = parser.parse_args()
     if not FONT_PATH.exists():
-        parser.exit(2, f"error: {FontMissingError.__doc__} Install it with `apt-get install fonts-noto-color-emoji`.\n")
+        parser.exit(
+            2,
+            f"error: {FontMissingError.__doc__} Install it with `apt-get install fonts-noto-color-emoji`.\n",
+        )
     result = evaluate(args.base_model, args.eval_clip, compile_unet=False if args.eager else None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -43,8 +43,10 @@ def with_fine_attention(unet: UNet2DConditionModel, heads: int = 2) -> UNet2DCon
     missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
     if unexpected or not all(".attentions." in key for key in missing):
         raise ValueError(f"growing changed more than attention: {unexpected[:3]} {missing[:3]}")
-    new_blocks = {key.split(".attentions.")[0] + ".attentions." + key.split(".attentions.")[1].split(".")[0]
-                  for key in missing}
+    new_blocks = {
+        key.split(".attentions.")[0] + ".attentions." + key.split(".attentions.")[1].split(".")[0]
+        for key in missing
+    }
     with torch.no_grad():
         for name in new_blocks:
             proj_out = grown.get_submodule(name).proj_out

@@ -21,7 +21,6 @@ L2-normalised, is the identity feature. Glyphs are rendered once; scenes are com
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,17 +212,23 @@ def held_out_identification(encoder: ResNetModel) -> float:
     encoder.eval()
     groups = []
     for folder in sorted(p for p in concepts.iterdir() if p.is_dir()):
-        images = [Image.open(f).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
-                  for f in sorted(folder.glob("*.png"))]
-        pixels = normalise(torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2) / 255)
+        images = [
+            Image.open(f).convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+            for f in sorted(folder.glob("*.png"))
+        ]
+        pixels = normalise(
+            torch.from_numpy(np.stack([np.asarray(i) for i in images])).permute(0, 3, 1, 2) / 255
+        )
         groups.append(F.normalize(encoder(pixel_values=pixels.float()).pooler_output.flatten(1), dim=-1))
     return leave_one_out_identification(groups)
 
 
 def export(ckpt_folder: Path, out: Path) -> None:
     """The encoder as a transformers folder (safetensors) with the image processor that feeds it."""
-    from transformers import AutoImageProcessor  # noqa: F401  (the folder must load through it)
-    from transformers import ConvNextImageProcessor
+    from transformers import (
+        AutoImageProcessor,  # noqa: F401  (the folder must load through it)
+        ConvNextImageProcessor,
+    )
 
     tmp = out.with_name(out.name + ".tmp")
     ResNetModel.from_pretrained(ckpt_folder / "encoder").save_pretrained(tmp)
@@ -249,7 +254,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=IdentityTrainConfig.steps)
     parser.add_argument("--batch", type=int, default=IdentityTrainConfig.batch)
     parser.add_argument("--threads", type=int, default=IdentityTrainConfig.threads)
-    parser.add_argument("--export", type=Path, help="write the trained encoder here (e.g. assets/eval-identity)")
+    parser.add_argument(
+        "--export", type=Path, help="write the trained encoder here (e.g. assets/eval-identity)"
+    )
     args = parser.parse_args()
     cfg = IdentityTrainConfig(steps=args.steps, batch=args.batch, threads=args.threads)
     if args.export:

@@ -48,7 +48,9 @@ class UnetTrainConfig:
     save_every: int = 250
     init: Path | None = None  # start from these UNet weights instead of from scratch
     reencode: bool = False  # re-encode the latents with `vae` (after the VAE changed)
-    text_encoder: Path | None = None  # a CLIPTextModel folder (e.g. assets/base-model/text_encoder) instead of `clip`
+    text_encoder: Path | None = (
+        None  # a CLIPTextModel folder (e.g. assets/base-model/text_encoder) instead of `clip`
+    )
     grow: bool = False  # add cross-attention at 16×16 first (grow.with_fine_attention: same function)
     lr_new: float | None = None  # learning rate of the grown layers (default: lr)
     budget_s: float | None = None  # stop (and save) after this many seconds
