@@ -128,7 +128,8 @@ def use_state(base: BaseModel, state: ModelState) -> Iterator[None]:
     with base.lock:
         unet = base.pipe.unet
         table = base.pipe.text_encoder.get_input_embeddings().weight
-        unknown = set(state.weight_deltas) - set(target_module_names(unet, "lora-attn"))
+        unseen = set(state.weight_deltas) - set(base.pristine)  # modules named before were checked then
+        unknown = unseen - set(target_module_names(unet, "lora-attn")) if unseen else set()
         if unknown:
             raise ValueError(f"state names modules this base does not have: {sorted(unknown)[:3]}")
         if not set(state.embeddings) <= set(base.slot_token_ids):

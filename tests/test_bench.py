@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from conftest import pattern_images
 from PIL import Image
-from tiny import tiny_pipeline
-from tiny_clip import tiny_clip
+from tiny_clip import save_tiny_model_and_clip, tiny_clip
 
 from lifelong.bench.cli import build_parser, main, sequence_settings
 from lifelong.bench.report import write_report
@@ -107,11 +106,7 @@ def test_prompts_name_the_token_and_ta_text_names_the_class():
 
 
 def test_cli_on_saved_model_and_a_folder_of_concepts(tmp_path, capsys):
-    model, clip = tmp_path / "model", tmp_path / "clip"
-    tiny_pipeline(seed=3).save_pretrained(model)
-    evaluation = tiny_clip()
-    for part in (evaluation.model, evaluation.image_processor, evaluation.tokenizer):
-        part.save_pretrained(clip)
+    model, clip = save_tiny_model_and_clip(tmp_path)
     for concept in _concepts():
         folder = tmp_path / "mine" / concept.name
         folder.mkdir(parents=True)

@@ -8,8 +8,7 @@ import pytest
 import torch
 from conftest import pattern_images
 from PIL import Image
-from tiny import tiny_pipeline
-from tiny_clip import tiny_clip
+from tiny_clip import save_tiny_model_and_clip
 
 from lifelong.bench.cli import main
 from lifelong.bench.learnability import grid, score
@@ -39,11 +38,7 @@ def test_grid_puts_references_then_generations_in_one_row_per_concept():
 
 
 def test_cli_learns_each_concept_alone_and_writes_scores_and_grid(tmp_path, capsys):
-    model, clip = tmp_path / "model", tmp_path / "clip"
-    tiny_pipeline(seed=3).save_pretrained(model)
-    evaluation = tiny_clip()
-    for part in (evaluation.model, evaluation.image_processor, evaluation.tokenizer):
-        part.save_pretrained(clip)
+    model, clip = save_tiny_model_and_clip(tmp_path)
     for name, seed in (("mug", 1), ("rex", 0), ("toy", 2)):
         folder = tmp_path / "mine" / name
         folder.mkdir(parents=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
-from tiny import WORDS
+from tiny import WORDS, tiny_pipeline
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
 
@@ -62,3 +64,13 @@ def tiny_clip(seed: int = 0) -> EvalClip:
     model = CLIPModel(config).eval()
     model.requires_grad_(False)
     return EvalClip(model, processor, tokenizer)
+
+
+def save_tiny_model_and_clip(folder: Path) -> tuple[Path, Path]:
+    """A tiny pipeline and a tiny CLIP saved as folders, as the benchmark CLIs take them."""
+    model, clip = folder / "model", folder / "clip"
+    tiny_pipeline(seed=3).save_pretrained(model)
+    evaluation = tiny_clip()
+    for part in (evaluation.model, evaluation.image_processor, evaluation.tokenizer):
+        part.save_pretrained(clip)
+    return model, clip

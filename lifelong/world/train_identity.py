@@ -21,6 +21,7 @@ L2-normalised, is the identity feature. Glyphs are rendered once; scenes are com
 from __future__ import annotations
 
 import argparse
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import ResNetConfig, ResNetModel
+from safetensors.torch import load_file, save_file
+from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel
 
+from ..metrics import leave_one_out_identification
 from .common import Checkpointer, Log, cosine_lr
 from .data import COLORS, HELD_OUT, _glyph
 
@@ -169,8 +172,6 @@ def train(cfg: IdentityTrainConfig, resume: bool) -> None:
     if resume and ckpt.exists():
         start = ckpt.state()["step"]
         model.encoder = ResNetModel.from_pretrained(ckpt.folder / "encoder")
-        from safetensors.torch import load_file
-
         model.classes.data = load_file(ckpt.folder / "classes.safetensors")["classes"]
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         ckpt.load_optimizer(optimizer)
@@ -197,8 +198,6 @@ def train(cfg: IdentityTrainConfig, resume: bool) -> None:
 
 
 def _save(ckpt: Checkpointer, model: IdentityTrainer, optimizer: torch.optim.Optimizer, step: int) -> None:
-    from safetensors.torch import save_file
-
     ckpt.save({"encoder": model.encoder}, optimizer, step)
     save_file({"classes": model.classes.detach().contiguous()}, ckpt.folder / "classes.safetensors")
 
@@ -206,8 +205,6 @@ def _save(ckpt: Checkpointer, model: IdentityTrainer, optimizer: torch.optim.Opt
 @torch.no_grad()
 def held_out_identification(encoder: ResNetModel) -> float:
     """Leave-one-out nearest-centroid identification of the shipped held-out references."""
-    from lifelong.metrics import leave_one_out_identification
-
     concepts = Path(__file__).resolve().parents[2] / "assets" / "concepts"
     encoder.eval()
     groups = []
@@ -225,11 +222,6 @@ def held_out_identification(encoder: ResNetModel) -> float:
 
 def export(ckpt_folder: Path, out: Path) -> None:
     """The encoder as a transformers folder (safetensors) with the image processor that feeds it."""
-    from transformers import (
-        AutoImageProcessor,  # noqa: F401  (the folder must load through it)
-        ConvNextImageProcessor,
-    )
-
     tmp = out.with_name(out.name + ".tmp")
     ResNetModel.from_pretrained(ckpt_folder / "encoder").save_pretrained(tmp)
     ConvNextImageProcessor(
@@ -242,8 +234,6 @@ def export(ckpt_folder: Path, out: Path) -> None:
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     ).save_pretrained(tmp)
-    import shutil
-
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 
