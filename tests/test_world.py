@@ -273,7 +273,8 @@ def test_identity_encoder_tells_the_held_out_concepts_apart() -> None:
 
 @needs_font
 def test_identity_training_scenes_show_the_glyph_on_a_background() -> None:
-    from lifelong.world.train_identity import compose, glyph_bank, renderable_emoji
+    from lifelong.world.data import renderable_emoji
+    from lifelong.world.train_identity import compose, glyph_bank
 
     chars = renderable_emoji()
     assert len(chars) > 1000 and all(e.char in chars for e in HELD_OUT)

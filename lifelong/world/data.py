@@ -6,6 +6,11 @@ in an hour learn them. Each scene is a coloured background with one or two emoji
 and size; its caption says so in words. A fixed held-out list of emoji never appears in base training: they
 are the "new concepts" users and the benchmark teach the model.
 
+A *broad* cache (``--broad SHARE``) draws that share of its scenes from every other emoji the font renders
+(~1,300, :func:`broad_pool`), captioned by class word only ("an animal on a blue background"): their names
+are not in the vocabulary. That is the base's prior, as SD's is wide: a model that has drawn 83 emoji has
+little to compose an 84th from.
+
 `python -m lifelong.world.data --out runs/world/data --n 30000` renders a training cache (needs the font).
 """
 
@@ -35,6 +40,7 @@ class Emoji:
 
     char: str
     category: str
+    named: bool = True  # captions say its name; else only its class word (a broad-pool emoji)
 
     @property
     def name(self) -> str:
@@ -44,6 +50,10 @@ class Emoji:
     def slug(self) -> str:
         """Concept-safe folder name: lowercase [a-z0-9_-]."""
         return self.name.replace(" ", "_").replace("-", "_")
+
+    @property
+    def caption_name(self) -> str:
+        return self.name if self.named else self.category
 
 
 def _emoji(category: str, chars: str) -> tuple[Emoji, ...]:
@@ -71,6 +81,16 @@ HELD_OUT: tuple[Emoji, ...] = (
 CATEGORIES: tuple[str, ...] = ("animal", "food", "vehicle", "object", "plant")
 
 COLORS: dict[str, tuple[int, int, int]] = NAMED_COLORS
+
+# Blocks of single code points where the font has emoji; those that render empty are dropped.
+_RANGES = ((0x2300, 0x23FF), (0x2600, 0x27BF), (0x2B00, 0x2BFF), (0x1F000, 0x1FAFF))
+# Class words of the broad pool by Unicode block (approximate, as web captions are); the rest are objects.
+_CATEGORY_RANGES = (
+    ("animal", ((0x1F400, 0x1F43E), (0x1F980, 0x1F9AE), (0x1FAB0, 0x1FABF))),
+    ("food", ((0x1F32D, 0x1F32F), (0x1F345, 0x1F37F), (0x1F950, 0x1F96F), (0x1F9C0, 0x1F9CB), (0x1FAD0, 0x1FADF))),
+    ("plant", ((0x1F330, 0x1F344),)),
+    ("vehicle", ((0x1F680, 0x1F6C5), (0x1F6E9, 0x1F6FC))),
+)
 
 # Object centre as a fraction of the image side, and how captions say it.
 POSITIONS: dict[str, tuple[float, float, str]] = {
@@ -138,8 +158,49 @@ def world_words() -> list[str]:
     return sorted(words)
 
 
-def sample_scene(rng: np.random.Generator, pool: tuple[Emoji, ...] = HELD_IN) -> Scene:
-    """Draw a scene and its caption; 25% of scenes hold two emoji side by side or stacked."""
+def renderable_emoji() -> list[str]:
+    """Every single code point the emoji font draws as a non-empty glyph, held-out concepts included."""
+    chars = []
+    for low, high in _RANGES:
+        for code in range(low, high + 1):
+            char = chr(code)
+            try:
+                alpha = np.asarray(_glyph(char, 32))[..., 3]
+            except (OSError, ValueError):
+                continue
+            if alpha.max() > 0:
+                chars.append(char)
+    for emoji in HELD_OUT:  # a few are written with a variation selector elsewhere; keep them all
+        if emoji.char not in chars:
+            chars.append(emoji.char)
+    return chars
+
+
+def category_of(char: str) -> str:
+    code = ord(char)
+    for category, ranges in _CATEGORY_RANGES:
+        if any(low <= code <= high for low, high in ranges):
+            return category
+    return "object"
+
+
+@cache
+def broad_pool() -> tuple[Emoji, ...]:
+    """Every renderable emoji that is neither held in nor held out, captioned by class word only."""
+    excluded = {e.char for e in HELD_IN + HELD_OUT}
+    return tuple(Emoji(c, category_of(c), named=False) for c in renderable_emoji() if c not in excluded)
+
+
+def sample_scene(
+    rng: np.random.Generator,
+    pool: tuple[Emoji, ...] = HELD_IN,
+    extra: tuple[Emoji, ...] = (),
+    extra_share: float = 0.0,
+) -> Scene:
+    """Draw a scene and its caption; 25% of scenes hold two emoji side by side or stacked. With ``extra``,
+    ``extra_share`` of the scenes draw their emoji from it instead (the stream without it is unchanged)."""
+    if extra and rng.random() < extra_share:
+        pool = extra
     color = list(COLORS)[rng.integers(len(COLORS))]
     if rng.random() < 0.25:
         first, second = rng.choice(len(pool), size=2, replace=False)
@@ -165,16 +226,16 @@ def _caption(template: str, color: str, objects: tuple[Placed, ...]) -> str:
     first = objects[0]
     size_word = "" if first.size == "medium" else first.size + " "
     fields = {
-        "name": first.emoji.name,
-        "a_name": with_article(first.emoji.name),
-        "a_size_name": with_article(size_word + first.emoji.name),
+        "name": first.emoji.caption_name,
+        "a_name": with_article(first.emoji.caption_name),
+        "a_size_name": with_article(size_word + first.emoji.caption_name),
         "a_category": with_article(first.emoji.category),
         "where": POSITIONS[first.position][2],
         "color": color,
         "a_color": with_article(color),
     }
     if len(objects) == 2:
-        fields["a_name2"] = with_article(objects[1].emoji.name)
+        fields["a_name2"] = with_article(objects[1].emoji.caption_name)
         fields["where2"] = POSITIONS[objects[1].position][2]
     return template.format(**fields)
 
@@ -221,26 +282,29 @@ def render(scene: Scene, rng: np.random.Generator, size: int = 64) -> Image.Imag
 
 
 def generate(
-    seed: int, index: int, pool: tuple[Emoji, ...] = HELD_IN, size: int = 64
+    seed: int, index: int, pool: tuple[Emoji, ...] = HELD_IN, size: int = 64, broad: float = 0.0
 ) -> tuple[Image.Image, Scene]:
-    """Scene `index` of the world drawn with `seed`: the same arguments always give the same pixels."""
+    """Scene `index` of the world drawn with `seed`: the same arguments always give the same pixels.
+    ``broad``: the share of scenes drawn from :func:`broad_pool` instead of ``pool``."""
     rng = scene_rng(seed, index)
-    scene = sample_scene(rng, pool)
+    scene = sample_scene(rng, pool, broad_pool() if broad else (), broad)
     return render(scene, rng, size), scene
 
 
-def _render_range(seed: int, start: int, stop: int) -> tuple[np.ndarray, list[str]]:
-    scenes = [generate(seed, i) for i in range(start, stop)]
+def _render_range(seed: int, start: int, stop: int, broad: float) -> tuple[np.ndarray, list[str]]:
+    scenes = [generate(seed, i, broad=broad) for i in range(start, stop)]
     return np.stack([np.asarray(image) for image, _ in scenes]), [scene.caption for _, scene in scenes]
 
 
-def render_cache(out: Path, n: int, seed: int, workers: int = 1) -> None:
+def render_cache(out: Path, n: int, seed: int, workers: int = 1, broad: float = 0.0) -> None:
     """Write `n` scenes as images.npy (uint8, N×64×64×3) and captions.json next to each other.
 
     Scenes are drawn per index, so the cache is the same for any number of `workers`."""
     out.mkdir(parents=True, exist_ok=True)
     chunk = max(1, min(2000, -(-n // (4 * workers))))
-    ranges = [(seed, start, min(n, start + chunk)) for start in range(0, n, chunk)]
+    if broad:
+        broad_pool()  # found once, before the workers fork
+    ranges = [(seed, start, min(n, start + chunk), broad) for start in range(0, n, chunk)]
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             parts = pool.starmap(_render_range, ranges)
@@ -256,8 +320,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=30000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="render in this many processes")
+    parser.add_argument(
+        "--broad", type=float, default=0.0, help="share of scenes drawn from every other emoji (0-1)"
+    )
     args = parser.parse_args()
-    render_cache(args.out, args.n, args.seed, args.workers)
+    render_cache(args.out, args.n, args.seed, args.workers, args.broad)
 
 
 if __name__ == "__main__":

@@ -34,10 +34,8 @@ from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel
 
 from ..metrics import leave_one_out_identification
 from .common import Checkpointer, Log, cosine_lr
-from .data import COLORS, HELD_OUT, _glyph
+from .data import COLORS, HELD_OUT, _glyph, renderable_emoji
 
-# Blocks of single code points where the font has emoji; those that render empty are dropped.
-_RANGES = ((0x2300, 0x23FF), (0x2600, 0x27BF), (0x2B00, 0x2BFF), (0x1F000, 0x1FAFF))
 _SIDE = 64  # glyphs are stored at the image size; smaller placements are scaled down by grid_sample
 IMAGE_SIZE = 64
 
@@ -51,24 +49,6 @@ def identity_config() -> ResNetConfig:
         layer_type="basic",
         downsample_in_first_stage=False,
     )
-
-
-def renderable_emoji() -> list[str]:
-    """Every single code point the emoji font draws as a non-empty glyph, held-out concepts included."""
-    chars = []
-    for low, high in _RANGES:
-        for code in range(low, high + 1):
-            char = chr(code)
-            try:
-                alpha = np.asarray(_glyph(char, 32))[..., 3]
-            except (OSError, ValueError):
-                continue
-            if alpha.max() > 0:
-                chars.append(char)
-    for emoji in HELD_OUT:  # a few are written with a variation selector elsewhere; keep them all
-        if emoji.char not in chars:
-            chars.append(emoji.char)
-    return chars
 
 
 def glyph_bank(chars: list[str]) -> torch.Tensor:
