@@ -53,6 +53,24 @@ def test_captions_use_only_world_words() -> None:
         assert tokenizer.unk_token_id not in ids
 
 
+@needs_font
+def test_broad_scenes_hold_every_other_emoji_captioned_by_class_word_only() -> None:
+    from lifelong.world.data import broad_pool
+
+    pool = broad_pool()
+    known = {e.char for e in HELD_IN + HELD_OUT}
+    assert len(pool) > 1000 and not known & {e.char for e in pool}
+    tokenizer = build_tokenizer(world_words())
+    drawn = set()
+    for i in range(300):
+        _, scene = generate(3, i, broad=1.0)
+        drawn |= {p.emoji.char for p in scene.objects}
+        assert tokenizer.unk_token_id not in tokenizer(scene.caption).input_ids
+    assert drawn <= {e.char for e in pool} and len(drawn) > 200
+    # a plain cache draws the same scenes as before the broad pool existed
+    assert generate(0, 7)[1] == generate(0, 7, broad=0.0)[1]
+
+
 @pytest.fixture(scope="module")
 def pipe():
     from diffusers import StableDiffusionPipeline

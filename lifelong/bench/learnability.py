@@ -11,7 +11,10 @@ against the references of *every* concept of the folder, with the identity encod
   the other concepts): 0 is "no more like it than like anything else", 1 is "as alike as its own photos";
 - background: the border's median colour is nearest to the colour the prompt asked for (the concept must
   not take over the prompt);
-- TA with the eval CLIP (the token replaced by its class word), and seconds to learn.
+- TA with the eval CLIP (the token replaced by its class word), and seconds to learn;
+- the VAE's ceiling: identification of the concept's own references after a VAE round trip (encode,
+  decode). No UNet can draw more of a concept than its VAE decodes: below 1, the latent space itself
+  loses what tells the concept apart (the bundled VAE turns the octopus's coral into yellow).
 
 Writes results.json, report.md and grid.png (per concept: 3 references, then its generations).
 """
@@ -33,6 +36,7 @@ from PIL import Image
 from lifelong.base import BaseConfig, BaseModel, compile_requested, get_base
 from lifelong.colors import NAMED_COLORS
 from lifelong.concepts import Session
+from lifelong.encoding import decode, encode_images
 from lifelong.files import atomic_write, write_json
 from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts
 from lifelong.generate import GenerateConfig, generate
@@ -64,6 +68,7 @@ class ConceptScore:
     background: float  # share of generations whose background is the prompt's colour
     ta: float
     seconds: float
+    vae_ceiling: float  # identification of its references after a VAE round trip
 
 
 def prompts(concept: FolderConcept) -> list[tuple[str, str, str]]:
@@ -78,6 +83,14 @@ def reference_features(
     encoder: IdentityEncoder, concepts: Sequence[FolderConcept], resolution: int
 ) -> list[torch.Tensor]:
     return [identity_features(encoder, load_images(list(c.images), resolution)) for c in concepts]
+
+
+def vae_ceiling(
+    base: BaseModel, encoder: IdentityEncoder, concept: FolderConcept, k: int, references: Sequence[torch.Tensor]
+) -> float:
+    """Identification of the concept's references decoded from their own VAE latents."""
+    round_trip = decode(base, encode_images(base, load_images(list(concept.images), base.resolution)))
+    return score(k, identity_features(encoder, round_trip), references)[0]
 
 
 def score(
@@ -136,6 +149,7 @@ def learn_and_score(
             background,
             ta,
             seconds,
+            vae_ceiling(base, encoder, concept, k, references),
         ),
         images,
     )
@@ -153,7 +167,7 @@ def grid(rows: Sequence[tuple[Sequence[Image.Image], Sequence[Image.Image]]]) ->
 
 
 def summary(scores: Sequence[ConceptScore]) -> dict[str, float]:
-    keys = ("identification", "ia", "ia_normalised", "background", "ta", "seconds")
+    keys = ("identification", "ia", "ia_normalised", "background", "ta", "seconds", "vae_ceiling")
     return {key: statistics.fmean(getattr(s, key) for s in scores) for key in keys}
 
 
@@ -166,17 +180,17 @@ def report(scores: Sequence[ConceptScore], mean: dict[str, float], command: str,
         f"Identification chance level: {chance:.3f}. IA is the identity encoder's cosine; normalised IA is 0 "
         "at the level of other concepts and 1 at the concept's own references.",
         "",
-        "| concept | identification | IA | IA others | refs self | IA normalised | background | TA | s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| concept | identification | IA | IA others | refs self | IA normalised | background | TA | s | VAE ceiling |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in scores:
         lines.append(
             f"| {s.name} | {s.identification:.2f} | {s.ia:.3f} | {s.ia_others:.3f} | {s.reference_self:.3f} | "
-            f"{s.ia_normalised:.2f} | {s.background:.2f} | {s.ta:.3f} | {s.seconds:.1f} |"
+            f"{s.ia_normalised:.2f} | {s.background:.2f} | {s.ta:.3f} | {s.seconds:.1f} | {s.vae_ceiling:.2f} |"
         )
     lines.append(
         f"| **mean** | **{mean['identification']:.2f}** | {mean['ia']:.3f} | | | **{mean['ia_normalised']:.2f}** | "
-        f"**{mean['background']:.2f}** | {mean['ta']:.3f} | {mean['seconds']:.1f} |"
+        f"**{mean['background']:.2f}** | {mean['ta']:.3f} | {mean['seconds']:.1f} | {mean['vae_ceiling']:.2f} |"
     )
     return "\n".join(lines) + "\n\n![references, then generations](grid.png)\n"
 
@@ -217,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append((refs, images[:: max(1, args.learn_images // 2)]))
         print(
             f"<{result.name}> id {result.identification:.2f} IA {result.ia:.3f} norm {result.ia_normalised:.2f} "
-            f"bg {result.background:.2f} TA {result.ta:.3f} {result.seconds:.1f} s",
+            f"bg {result.background:.2f} TA {result.ta:.3f} {result.seconds:.1f} s (VAE ceiling {result.vae_ceiling:.2f})",
             flush=True,
         )
     mean = summary(scores)
