@@ -1,7 +1,8 @@
 """Concepts kept as folders of images: the examples shipped in ``assets/concepts`` and a user's own.
 
 A folder holds one subfolder of images per concept and, optionally, an ``index.json``
-(``[{"name", "class_word"}]``, in order). The app offers the shipped ones as one-click examples; the
+(``[{"name", "class_word"}]``, in order). An image may have a caption file beside it (``0.png`` and
+``0.txt``, kohya's convention) saying what it shows besides the concept ("on a red background"). The app offers the shipped ones as one-click examples; the
 benchmarks learn them in order.
 """
 
@@ -25,11 +26,26 @@ class FolderConcept:
     name: str
     class_word: str
     images: tuple[ImageSource, ...]
+    captions: tuple[str, ...] = ()  # one per image, or none
 
     @property
     def subject(self) -> str:
         """What TA's text says instead of the token: the class word, else the name."""
         return self.class_word or self.name.replace("_", " ").replace("-", " ")
+
+
+def captions_of(images: list[Path]) -> tuple[str, ...]:
+    """Each image's caption file's text ("" where it has none), or () when no image has one."""
+    files = [image.with_suffix(".txt") for image in images]
+    if not any(file.is_file() for file in files):
+        return ()
+    # read a little more than a caption may hold, so an oversized file is refused, not read whole
+    return tuple(_head(file) if file.is_file() else "" for file in files)
+
+
+def _head(file: Path, limit: int = 4096) -> str:
+    with file.open(encoding="utf-8", errors="replace") as handle:
+        return handle.read(limit).strip()
 
 
 def load_concepts(folder: str | Path = BUNDLED_CONCEPTS, count: int | None = None) -> list[FolderConcept]:
@@ -48,7 +64,7 @@ def load_concepts(folder: str | Path = BUNDLED_CONCEPTS, count: int | None = Non
         if not images:
             raise ValueError(f"{folder / raw_name} holds no PNG, JPEG or WebP images.")
         name = validate_name(raw_name.replace(" ", "_"))
-        concepts.append(FolderConcept(name, class_word, tuple(images)))
+        concepts.append(FolderConcept(name, class_word, tuple(images), captions_of(images)))
     if count is not None:
         if count > len(concepts):
             raise ValueError(f"{folder} holds {len(concepts)} concepts; asked for {count}.")

@@ -28,7 +28,7 @@ from lifelong.intake import ImageSource, load_images, square, validate_class_wor
 from lifelong.limits import check_learn
 from lifelong.methods import Method, get_method
 from lifelong.progress import CancelToken, Progress, ProgressFn
-from lifelong.prompts import fill_template
+from lifelong.prompts import check_captions, fill_template
 from lifelong.settings import Value
 from lifelong.step import (
     AfterLearnContext,
@@ -97,6 +97,7 @@ class _Plan:
     slot: int
     prompt: str  # the training prompt, with the slot token
     images: list[Image.Image]  # the clean images
+    prompts: list[str]  # each image's training prompt: ``prompt`` and the image's caption
 
 
 def check_inputs(
@@ -106,9 +107,10 @@ def check_inputs(
     name: str,
     class_word: str,
     config: LearnConfig,
+    captions: Sequence[str] = (),
 ) -> _Plan:
     """Validate everything before anything is touched: bounds and template, method, settings, name, free
-    slot, images."""
+    slot, images, captions."""
     check_learn(config)
     method = get_method(config.method)
     settings = method.resolve(config.settings)
@@ -122,14 +124,21 @@ def check_inputs(
         )
     clean = load_images(images, base.resolution)
     prompt = fill_template(config.prompt_template, slot_token(slot), class_word)
-    return _Plan(method, settings, name, class_word, slot, prompt, clean)
+    prompts = [f"{prompt} {caption}".strip() for caption in check_captions(list(captions), len(clean))]
+    return _Plan(method, settings, name, class_word, slot, prompt, clean, prompts)
 
 
-def prepare_latents(base: BaseModel, plan: _Plan, config: LearnConfig) -> torch.Tensor:
-    """VAE latents of every view of the images (with augmentation: flips and crops), encoded once."""
+def prepare_latents(base: BaseModel, plan: _Plan, config: LearnConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE latents of every view of the images (with augmentation: flips and crops), encoded once, and
+    each view's training prompt as token ids."""
     rng = random.Random(config.seed)
-    views = [view for image in plan.images for view in _views(image, base.resolution, config.augment, rng)]
-    return encode_images(base, views)
+    views, owners = [], []
+    for index, image in enumerate(plan.images):
+        image_views = _views(image, base.resolution, config.augment, rng)
+        views += image_views
+        owners += [index] * len(image_views)
+    ids = tokenize(base, plan.prompts)[torch.tensor(owners, device=base.device)]
+    return encode_images(base, views), ids
 
 
 def make_optimizer(trainset: TrainableSet, config: LearnConfig) -> torch.optim.Optimizer:
@@ -145,13 +154,13 @@ def make_optimizer(trainset: TrainableSet, config: LearnConfig) -> torch.optim.O
 def batch_loss(
     base: BaseModel, latents: torch.Tensor, ids: torch.Tensor, generator: torch.Generator
 ) -> tuple[DiffusionLoss, torch.Tensor]:
-    """The concept's diffusion loss on one batch, and the prompt's text states (encoded with grad: the
-    token embedding trains)."""
+    """The concept's diffusion loss on one batch (``ids``: one training prompt per row), and the prompts'
+    text states (encoded with grad: the token embedding trains)."""
     encoded: list[torch.Tensor] = []
 
     def predict(noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         with base.accelerator.autocast():
-            encoded.append(base.pipe.text_encoder(ids.expand(len(latents), -1))[0])
+            encoded.append(base.pipe.text_encoder(ids)[0])
             return base.pipe.unet(noisy, timesteps, encoded[0]).sample.float()
 
     return diffusion_loss(base, latents, generator, predict), encoded[0]
@@ -163,7 +172,7 @@ def training_step(
     trainset: TrainableSet,
     step: int,
     latents_all: torch.Tensor,
-    ids: torch.Tensor,
+    ids_all: torch.Tensor,
     generator: torch.Generator,
     config: LearnConfig,
     regularizers: Sequence[Regularizer],
@@ -176,7 +185,7 @@ def training_step(
             0, len(latents_all), (config.batch_size,), generator=generator, device=base.device
         )
         latents = latents_all[pick]
-        main, embeddings = batch_loss(base, latents, ids, generator)
+        main, embeddings = batch_loss(base, latents, ids_all[pick], generator)
         encode = lambda prompts: encode_text(base, prompts)  # noqa: E731
         ctx = StepContext(
             base, session, trainset, step, latents, main.noise, main.timesteps, embeddings,
@@ -206,8 +215,7 @@ def train(
     losses: list[float] = []
     with use_state(base, state):
         init = token_embedding(base, plan.class_word or plan.name)
-        latents_all = prepare_latents(base, plan, config)
-        ids = tokenize(base, [plan.prompt])
+        latents_all, ids_all = prepare_latents(base, plan, config)
         token_id = base.slot_token_ids[plan.slot]
         kind = config.params or plan.method.trainable_kind
         with trainable(base, kind, token_id, init, config.lora_rank, config.seed) as trainset:
@@ -218,7 +226,7 @@ def train(
                         f"learning <{plan.name}> was cancelled at step {step - 1}; nothing was changed."
                     )
                 step_loss = training_step(
-                    base, session, trainset, step, latents_all, ids, generator, config, regularizers
+                    base, session, trainset, step, latents_all, ids_all, generator, config, regularizers
                 )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -261,8 +269,13 @@ def learn(
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
     regularizers: Sequence[Regularizer] = (),
+    captions: Sequence[str] = (),
 ) -> LearnResult:
     """Learn concept ``name`` from ``images`` as the session's next checkpoint.
+
+    ``captions``, one per image (or none), say what else each image shows ("on a red background"); each is
+    appended to its image's training prompt, so the concept's token and weights learn the concept, not its
+    backgrounds (kohya's caption files, next to the images, do the same).
 
     Every input is validated before anything is touched; the session is written only after the last step.
     The method (``config.method``, with ``config.settings``) adds its regularisers to ``regularizers``.
@@ -270,7 +283,7 @@ def learn(
     naming them), with every earlier token's embedding; that state is also the distillation teacher.
     """
     config = config or LearnConfig()
-    plan = check_inputs(base, session, images, name, class_word, config)
+    plan = check_inputs(base, session, images, name, class_word, config, captions)
     started = time.perf_counter()
     # built while the shared base is pristine: factories may generate with the base or any checkpoint
     if plan.method.components and progress is not None:

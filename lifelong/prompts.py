@@ -17,6 +17,7 @@ from lifelong.errors import InvalidPromptError
 TOKEN_PATTERN = re.compile(r"<([a-z0-9][a-z0-9_-]{0,31})>")  # a concept as users write it: <name>
 MAX_PROMPT_CHARS = 1000  # far beyond what the text encoder reads (77 tokens); bounds tokenizer work
 MAX_TEMPLATE_CHARS = 200
+MAX_CAPTION_CHARS = 200
 _FIELDS = re.compile(r"\{(token|class_word)\}")
 
 
@@ -57,6 +58,30 @@ def check_template(template: str) -> str:
             "The prompt template cannot contain <, > or |; write the concept as {token}."
         )
     return check_prompt(template, "the prompt template")
+
+
+def check_captions(captions: list[str] | tuple[str, ...], images: int) -> list[str]:
+    """One caption per image (or none at all): what each image shows besides the concept, plain words.
+
+    A caption is appended to the training prompt of its image ("a {token} {class_word}" + " on a red
+    background"), so the token need not explain the background or setting: without it, that part of every
+    image is noise the concept's weights learn to average."""
+    if not captions:
+        return [""] * images
+    if len(captions) != images:
+        raise InvalidPromptError(f"{len(captions)} captions for {images} images: give one per image, or none.")
+    cleaned = []
+    for index, caption in enumerate(captions, start=1):
+        what = f"caption {index}"
+        if not isinstance(caption, str):
+            raise InvalidPromptError(f"{what} must be text.")
+        caption = " ".join(caption.split())
+        if len(caption) > MAX_CAPTION_CHARS:
+            raise InvalidPromptError(f"{what} is too long; use at most {MAX_CAPTION_CHARS} characters.")
+        if any(c in caption for c in "<>|{}"):
+            raise InvalidPromptError(f"{what} cannot contain <, >, |, {{ or }}: describe the rest of the image.")
+        cleaned.append(check_prompt(caption, what))
+    return cleaned
 
 
 def fill_template(template: str, token: str, class_word: str) -> str:

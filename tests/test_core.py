@@ -300,3 +300,33 @@ def test_compiled_sampling_gives_the_eager_images_and_follows_the_weights(learne
         after, reference = compiled.sampling_unet()(x, 500, c).sample, unet(x, 500, c).sample
     assert (after - before).abs().max() > 1e-3
     torch.testing.assert_close(after, reference)
+
+
+def test_each_images_caption_joins_its_training_prompt(tiny_base, tmp_path):
+    from lifelong.base import slot_token
+    from lifelong.encoding import tokenize
+    from lifelong.learner import check_inputs, prepare_latents
+
+    session = Session.create(tmp_path / "s", "tiny")
+    config = LearnConfig(method="finetune", steps=1)
+    captions = ["on  grass", "", "at night"]
+    plan = check_inputs(tiny_base, session, pattern_images(), "rex", "dog", config, captions)
+    token = slot_token(0)
+    assert plan.prompts == [f"a {token} dog on grass", f"a {token} dog", f"a {token} dog at night"]
+    latents, ids = prepare_latents(tiny_base, plan, config)
+    views = len(latents) // 3  # each image's views are consecutive
+    assert len(ids) == len(latents)
+    for image, prompt in enumerate(plan.prompts):
+        expected = tokenize(tiny_base, [prompt])[0]
+        assert all(torch.equal(row, expected) for row in ids[image * views : (image + 1) * views])
+
+
+@pytest.mark.parametrize(
+    ("captions", "message"),
+    [(["on grass"], "1 captions for 3 images"), (["a", "<|slot1|>", "c"], "caption 2"), (["a", "b", "{x}"], "caption 3")],
+)
+def test_bad_captions_are_refused_before_anything_is_touched(tiny_base, tmp_path, captions, message):
+    session = Session.create(tmp_path / "s", "tiny")
+    with pytest.raises(InvalidPromptError, match=message):
+        learn(tiny_base, session, pattern_images(), "rex", "dog", LearnConfig(steps=1), captions=captions)
+    assert session.names() == []

@@ -299,3 +299,15 @@ def test_identity_training_scenes_show_the_glyph_on_a_background() -> None:
     images = compose(glyph_bank(chars[:8]), torch.Generator().manual_seed(0))
     assert images.shape == (8, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
     assert (images.flatten(1).std(dim=1) > 0.05).all()  # not a flat background: the emoji is drawn
+
+
+def test_shipped_concepts_say_each_references_background_in_a_caption_file() -> None:
+    from lifelong.colors import NAMED_COLORS
+    from lifelong.folders import load_concepts
+    from lifelong.intake import load_images
+    from lifelong.metrics import background_color
+
+    for concept in load_concepts()[:6]:
+        assert len(concept.captions) == len(concept.images) == 5
+        for image, caption in zip(load_images(list(concept.images), 64), concept.captions, strict=True):
+            assert caption == f"on a {background_color(image, NAMED_COLORS)} background"

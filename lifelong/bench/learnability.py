@@ -124,7 +124,10 @@ def learn_and_score(
     shutil.rmtree(root, ignore_errors=True)
     session = Session.create(root, base.name)
     started = time.perf_counter()
-    learn(base, session, list(concept.images), concept.name, concept.class_word, config)
+    learn(
+        base, session, list(concept.images), concept.name, concept.class_word, config,
+        captions=concept.captions,
+    )  # fmt: skip
     seconds = time.perf_counter() - started
     images, ta_texts, colors = [], [], []
     for prompt, ta_text, color in prompts(concept):

@@ -163,7 +163,10 @@ def _learn_all(
     session = Session.create(root, base.name)
     for concept in learned:
         learn_config = LearnConfig(method=config.method, steps=config.steps, seed=config.seed)
-        learn(base, session, list(concept.images), concept.name, concept.class_word, learn_config)
+        learn(
+            base, session, list(concept.images), concept.name, concept.class_word, learn_config,
+            captions=concept.captions,
+        )  # fmt: skip
         log(f"[multi] learned <{concept.name}>")
     return session
 

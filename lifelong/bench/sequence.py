@@ -240,7 +240,10 @@ def run_method(evaluator: Evaluator, method: str, out: Path, log: Log = print) -
         learn_config = config.learn_config(method)
         started = time.perf_counter()
         with PeakMemory(base.device) as memory:
-            learn(base, session, list(concept.images), concept.name, concept.class_word, learn_config)
+            learn(
+                base, session, list(concept.images), concept.name, concept.class_word, learn_config,
+                captions=concept.captions,
+            )  # fmt: skip
         seconds.append(time.perf_counter() - started)  # all of it: what a method stores after learning too
         peaks.append(memory.peak_mb)
         started = time.perf_counter()

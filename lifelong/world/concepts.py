@@ -1,8 +1,10 @@
 """Export the held-out emoji as ready-made concepts: assets/concepts/<slug>/0..4.png + index.json.
 
 Why ship them: the app, the tests and the benchmark need "new concept" images without the emoji font.
-Each concept gets 5 reference images (128×128) with different backgrounds, positions and sizes; the index
-gives its name (a concept-safe slug), its Unicode name and a class word the base model knows.
+Each concept gets 5 reference images (128×128) with different backgrounds, positions and sizes, each with
+a caption file (`0.txt`: "on a red background", kohya's convention) saying what the image shows besides the
+concept; the index gives its name (a concept-safe slug), its Unicode name and a class word the base model
+knows.
 
 `python -m lifelong.world.concepts --out assets/concepts` (needs the font).
 """
@@ -37,6 +39,7 @@ def export(out: Path, seed: int = 0, size: int = 128) -> None:
             color = colors[(3 * k + 2 * j) % len(colors)]
             scene = Scene(color, (Placed(emoji, position, size_name),), "")
             render(scene, rng, size).save(folder / f"{j}.png", optimize=True)
+            (folder / f"{j}.txt").write_text(f"on a {color} background\n")
         index.append({"name": emoji.slug, "emoji_name": emoji.name, "class_word": emoji.category})
     (out / "index.json").write_text(json.dumps(index, indent=2) + "\n")
 
