@@ -13,6 +13,7 @@ from tqdm import tqdm
 from lifelong.base import BaseConfig, BaseModel, compile_requested, default_model, get_base
 from lifelong.concepts import Session
 from lifelong.errors import LifelongError
+from lifelong.folders import captions_of
 from lifelong.generate import GenerateConfig, generate, generate_with_maps
 from lifelong.learner import LearnConfig, learn
 from lifelong.methods import describe
@@ -76,7 +77,8 @@ def _learn(args: argparse.Namespace) -> None:
             bar.update(progress.step - bar.n)
             bar.set_postfix(loss=f"{progress.loss:.4f}")
 
-        result = learn(base, session, args.images, args.name, args.class_word, config, show)
+        captions = captions_of([Path(image) for image in args.images])  # kohya's 0.txt beside 0.png
+        result = learn(base, session, args.images, args.name, args.class_word, config, show, captions=captions)
     concept = result.concept
     print(
         f"learned {concept.token} with {concept.method} in {concept.seconds:.1f} s as checkpoint {len(session.concepts)}"

@@ -281,8 +281,10 @@ class Studio:
         class_word: str,
         config: LearnConfig,
         progress: ProgressFn | None = None,
+        captions: Sequence[str] = (),
     ) -> Concept:
-        """Learn the next concept; a cancel (``cancel(user)``) or bad input leaves the session as it was."""
+        """Learn the next concept (``captions``: one per image, or none; see ``lifelong.learner.learn``); a
+        cancel (``cancel(user)``) or bad input leaves the session as it was."""
         cancel = self.cancel_flag(user, "learn")
         if not images:
             raise ImageCountError(f"Add {RECOMMENDED} images of the concept first.")
@@ -290,7 +292,7 @@ class Studio:
         with self._lock(user):
             session = self.session(user)
             return learn(
-                self.base, session, images, name, class_word, config, progress=progress, cancel=cancel
+                self.base, session, images, name, class_word, config, progress, cancel, captions=captions
             ).concept
 
     def check_learn(self, config: LearnConfig) -> None:

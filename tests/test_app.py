@@ -91,7 +91,9 @@ def test_learn_example_generate_export_reimport(served, base, tmp_path):
     url, studio = served
     example = examples()[0]
     client = Client(url, verbose=False)
-    timeline, _, status = learn(client, example.images, example.name, example.class_word)
+    timeline, _, status = learn(
+        client, example.images, example.name, example.class_word, **{"Captions (optional)": example.captions}
+    )
     assert captions(timeline) == [
         f"1. <{example.name}> · {DEFAULT_METHOD} · {captions(timeline)[0].split(' · ')[-1]}"
     ]
@@ -203,6 +205,8 @@ def test_bad_learn_input_says_what_to_do_and_keeps_the_session(served, tmp_path)
     for images, name, message in cases:
         with pytest.raises(AppError, match=re.escape(message)):
             learn(client, images, name, steps=2)
+    with pytest.raises(AppError, match=re.escape("2 captions for 4 images: give one per image, or none")):
+        learn(client, good, "newone", steps=2, **{"Captions (optional)": "on grass\nat night"})
     timeline, _, _ = call(client, "/session")
     assert [c.split(" · ")[0] for c in captions(timeline)] == ["1. <keeper>"]
 

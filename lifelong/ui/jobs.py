@@ -45,6 +45,7 @@ def _learn_duration(
     name: str,
     class_word: str,
     config: LearnConfig,
+    captions: list[str],
     progress: gr.Progress,
 ) -> int:
     """Seconds to ask ZeroGPU for (spaces calls it with the job's own arguments)."""
@@ -59,9 +60,10 @@ def learn_job(
     name: str,
     class_word: str,
     config: LearnConfig,
+    captions: list[str],
     progress: gr.Progress,
 ) -> str:
-    concept = STUDIOS[key].learn(user, images, name, class_word, config, reporter(progress))
+    concept = STUDIOS[key].learn(user, images, name, class_word, config, reporter(progress), captions)
     return f"Learned **{shown(concept.token)}** with {concept.method} in {concept.seconds:.1f} s."
 
 

@@ -35,6 +35,7 @@ class Example:
     name: str
     class_word: str
     images: list[str]
+    captions: str  # one line per image
 
 
 def examples(limit: int = 4) -> list[Example]:
@@ -43,7 +44,16 @@ def examples(limit: int = 4) -> list[Example]:
         found = load_concepts()
     except (OSError, ValueError):
         return []
-    return [Example(c.name, c.class_word, [str(p) for p in c.images[:4]]) for c in found[:limit]]
+    return [
+        Example(c.name, c.class_word, [str(p) for p in c.images[:4]], "\n".join(c.captions[:4]))
+        for c in found[:limit]
+    ]
+
+
+def caption_lines(text: str | None) -> list[str]:
+    """The captions box: one caption per line, in the images' order; empty: none."""
+    lines = (text or "").strip("\n").split("\n")
+    return [] if not any(line.strip() for line in lines) else lines
 
 
 def method_help(name: str) -> str:
@@ -75,12 +85,13 @@ class LearnTab:
     images: gr.Gallery
     name: gr.Textbox
     class_word: gr.Textbox
+    captions: gr.Textbox
     method: gr.Dropdown
     form: Form[LearnConfig]
 
     @property
     def inputs(self) -> set[gr.components.Component]:
-        return {self.images, self.name, self.class_word, self.method, *self.form.components}
+        return {self.images, self.name, self.class_word, self.captions, self.method, *self.form.components}
 
     def check_images(self, images: list[Any] | None, request: gr.Request) -> None:
         """Warn right after an upload about anything that will not work or will be changed."""
@@ -111,8 +122,9 @@ class LearnTab:
         for note in upload_notes(files):
             gr.Warning(shown(note))
         try:
+            captions = caption_lines(data[self.captions])
             message = learn_job(
-                self.page.key, user, files, data[self.name], data[self.class_word], config, progress
+                self.page.key, user, files, data[self.name], data[self.class_word], config, captions, progress
             )
         except Cancelled as error:
             gr.Warning(shown(str(error)))
@@ -122,7 +134,9 @@ class LearnTab:
         return timeline, chips, f"{message} {status}"
 
 
-def _inputs() -> tuple[gr.Gallery, gr.Textbox, gr.Textbox, gr.Dropdown, gr.Markdown, Form[LearnConfig]]:
+def _inputs() -> tuple[
+    gr.Gallery, gr.Textbox, gr.Textbox, gr.Textbox, gr.Dropdown, gr.Markdown, Form[LearnConfig]
+]:
     images = gr.Gallery(
         label="3–5 images of your concept (drop them here)",
         interactive=True,
@@ -136,6 +150,13 @@ def _inputs() -> tuple[gr.Gallery, gr.Textbox, gr.Textbox, gr.Dropdown, gr.Markd
             label="Concept name", placeholder="rex", info="used as <name>", elem_id="concept-name"
         )
         class_word = gr.Textbox(label="Class word", placeholder="dog", info="what it is")
+    captions = gr.Textbox(
+        label="Captions (optional)",
+        placeholder="on a red background\non the beach\n…",
+        info="one line per image, in order: what else each image shows, so the concept does not learn it",
+        lines=2,
+        max_lines=20,
+    )
     method = gr.Dropdown(
         [(name, name) for name in METHODS],
         value=DEFAULT_METHOD,
@@ -146,22 +167,22 @@ def _inputs() -> tuple[gr.Gallery, gr.Textbox, gr.Textbox, gr.Dropdown, gr.Markd
     method_text = gr.Markdown(method_help(DEFAULT_METHOD))
     with gr.Accordion("Advanced", open=False):
         form = Form.build(LearnConfig, exclude={"method"})
-    return images, name, class_word, method, method_text, form
+    return images, name, class_word, captions, method, method_text, form
 
 
 def create_demo(studio: Studio, page: Page) -> None:
     """The tab's layout and events (inside ``gr.Tab``); sets ``page.timeline`` and ``page.status``."""
     with gr.Row():
         with gr.Column():
-            images, name, class_word, method, method_text, form = _inputs()
+            images, name, class_word, captions, method, method_text, form = _inputs()
             with gr.Row():
                 learn_button = gr.Button("Learn concept", variant="primary", elem_id="learn-button")
                 cancel_button = gr.Button("Cancel", variant="stop")
             example_list = examples()
             if example_list:
                 example_set = gr.Examples(
-                    [[ex.images, ex.name, ex.class_word] for ex in example_list],
-                    inputs=[images, name, class_word],
+                    [[ex.images, ex.name, ex.class_word, ex.captions] for ex in example_list],
+                    inputs=[images, name, class_word, captions],
                     label="Examples: one click fills the form and learns the concept",
                 )
         with gr.Column():
@@ -174,7 +195,7 @@ def create_demo(studio: Studio, page: Page) -> None:
                 fit_columns=False,  # thumbnails stay small when there are few concepts
                 interactive=False,
             )
-    tab = LearnTab(studio, page, images, name, class_word, method, form)
+    tab = LearnTab(studio, page, images, name, class_word, captions, method, form)
     images.upload(tab.check_images, images, None, api_name=False)
     method.change(method_changed, method, [method_text, form.component("settings")], api_name=False)
     learn_button.click(tab.queued, None, None, **QUEUED).then(
