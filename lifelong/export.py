@@ -164,12 +164,13 @@ def _write_kohya(
     return files
 
 
-def _method_line(concept: Concept, session: Session, index: int, report: ExportReport) -> str:
+def _method_line(session: Session, index: int) -> str:
+    concept = session.concepts[index - 1]
     kind = session.checkpoint(index)[0].kind
     how = (
         "dense K/V increments, written as LoRA by a truncated SVD"
         if kind == "kv"
-        else "LoRA factors, written exactly"
+        else "LoRA, written exactly"
     )
     return f"- `{concept.token}` ({concept.class_word or 'no class word'}): method {concept.method}, {how}"
 
@@ -188,25 +189,30 @@ def readme(
     lines = [
         f"# {', '.join(c.token for c in concepts)}, learned with Lifelong Studio",
         "",
-        f"Base model: `{base_name}` (learned on it; load it only on a base with the same architecture).",
+        f"Base model: `{base_name}` (learned on it; it loads only on a base with the same architecture).",
         f"What: {what}.",
-        *[_method_line(c, session, i, report) for i, c in zip(indices, concepts, strict=True)],
-        f"LoRA: {report.summary()}",
+        *[_method_line(session, i) for i in indices],
         "",
+        f"LoRA: {report.summary()}",
     ]
+    if report.svd_ranks:
+        lines.append(
+            f"The SVD keeps {config.energy:.1%} of each dense delta's energy (Σσ², rank at most "
+            f"{config.max_rank}); the error is ‖ΔW − B·A‖ / ‖ΔW‖ over all layers."
+        )
     earlier = [c.token for c in session.concepts[: indices[0] - 1] if c.stacked]
     if config.concept and earlier:
-        lines += [
+        lines.append(
             f"It was learned on top of {', '.join(earlier)}: alone it may draw a little differently than in "
-            f"the session; export checkpoint {indices[0]} for the session's exact state.",
-            "",
-        ]
-    lines += _loading(base_name, concepts, config, report)
+            f"the session; export checkpoint {indices[0]} for the session's exact state."
+        )
+    sampler = type(base.sampling_scheduler()).__name__
+    lines += ["", *_loading(base_name, concepts, config, report, sampler)]
     return "\n".join(lines) + "\n"
 
 
 def _loading(
-    base_name: str, concepts: list[Concept], config: ExportConfig, report: ExportReport
+    base_name: str, concepts: list[Concept], config: ExportConfig, report: ExportReport, sampler: str
 ) -> list[str]:
     prompt = f"a {concepts[0].token} {concepts[0].class_word}".strip()
     if config.format == "kohya":
@@ -217,9 +223,11 @@ def _loading(
             "",
             f"Copy `{report.files[0]}` into `models/Lora` and the files of `{EMBEDDINGS}/` into `embeddings`.",
             f"An A1111 embedding is named by its file: write {names} in prompts (ComfyUI: `embedding:name`),",
-            f"and add `<lora:{lora}:1>` (ComfyUI: a LoraLoader node). The weight 1 is what the session used.",
+            f"and add `<lora:{lora}:1>` (ComfyUI: a LoraLoader node). The weight 1 is what the session used;",
+            f"the session samples with {sampler}.",
         ]
-    loads = [f'pipe.load_textual_inversion("export/{EMBEDDINGS}/{c.name}.safetensors")' for c in concepts]
+    folder = report.folder.name
+    loads = [f'pipe.load_textual_inversion("{folder}/{EMBEDDINGS}/{c.name}.safetensors")' for c in concepts]
     return [
         "## diffusers",
         "",
@@ -227,10 +235,10 @@ def _loading(
         "from diffusers import StableDiffusionPipeline",
         "",
         f'pipe = StableDiffusionPipeline.from_pretrained("{base_name}")',
-        'pipe.load_lora_weights("export")  # this folder',
+        f'pipe.load_lora_weights("{folder}")  # this folder',
         *loads,
         f'image = pipe("{prompt}").images[0]',
         "```",
         "",
-        "The session sampled with DDIM; set `pipe.scheduler` to the one you want.",
+        f"The session samples with {sampler} (the same seed gives the same image with it).",
     ]

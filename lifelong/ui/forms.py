@@ -3,7 +3,8 @@
 ``Form.build(LearnConfig)`` makes one component per field (bool → checkbox, int/float → number or slider,
 str → textbox, the ``settings`` dict → a ``key=value`` box) with the help text and bounds written on the field
 (``lifelong.configs``); ``form.parse(*values)`` turns the components' values back into a config through
-:func:`lifelong.overrides.override`, the same path the CLI's ``--set`` takes.
+:func:`lifelong.overrides.override`, the same path the CLI's ``--set`` takes. Events take a form's values by
+field name (``form.named()`` as ``inputs_kwargs``), so the app's HTTP API names its parameters like the UI.
 """
 
 from __future__ import annotations
@@ -92,6 +93,11 @@ class Form(Generic[C]):
                 changes[name] = value
         return override(self.cls(), changes)
 
-    def parse_dict(self, data: dict[Any, Any], **fixed: Any) -> C:
-        """Like ``parse``, from an event's ``{component: value}`` dict (inputs given as a set)."""
-        return self.parse(*(data[component] for component in self.components), **fixed)
+    def named(self) -> dict[str, gr.components.Component]:
+        """The components by field name: an event's ``inputs_kwargs``, so the HTTP API names each parameter
+        as the config does (``steps``, ``guidance_scale``…)."""
+        return dict(zip(self.names, self.components, strict=True))
+
+    def parse_named(self, values: dict[str, Any], **fixed: Any) -> C:
+        """Like ``parse``, from an event's values by field name (inputs given as ``inputs_kwargs``)."""
+        return self.parse(*(values[name] for name in self.names), **fixed)
