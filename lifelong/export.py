@@ -63,6 +63,11 @@ def _span(values: list[int]) -> str:
 
 def chosen_concepts(session: Session, config: ExportConfig, checkpoint: int | None) -> list[int]:
     """1-based indices of the concepts to export: ``config.concept`` alone, or all up to ``checkpoint``."""
+    if config.concept and checkpoint is not None:
+        raise ExportError(
+            "Give a concept or a checkpoint, not both: a concept exports alone, a checkpoint every concept "
+            "up to it."
+        )
     if config.concept:
         if config.concept not in session.names():
             known = ", ".join(f"<{name}>" for name in session.names()) or "none yet"
@@ -103,9 +108,9 @@ def export(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         if config.format == "diffusers":
-            files = _write_diffusers(staging, factors, embeddings)
+            files = write_diffusers(staging, factors, embeddings)
         else:
-            files = _write_kohya(staging, stem, factors, embeddings, public_model_name(base.name))
+            files = write_kohya(staging, stem, factors, embeddings, public_model_name(base.name))
         report = ExportReport(
             out,
             [*files, README],
@@ -132,7 +137,8 @@ def peft_state_dict(factors: Factors) -> dict[str, torch.Tensor]:
     return state
 
 
-def _write_diffusers(folder: Path, factors: Factors, embeddings: dict[str, torch.Tensor]) -> list[str]:
+def write_diffusers(folder: Path, factors: Factors, embeddings: dict[str, torch.Tensor]) -> list[str]:
+    """diffusers' LoRA file and one ``{"<name>": vector}`` embedding per name; the files written."""
     StableDiffusionPipeline.save_lora_weights(
         folder, unet_lora_layers=convert_state_dict_to_diffusers(peft_state_dict(factors))
     )
@@ -149,9 +155,10 @@ def kohya_state_dict(factors: Factors) -> dict[str, torch.Tensor]:
     return convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft_state_dict(factors).items()})
 
 
-def _write_kohya(
+def write_kohya(
     folder: Path, stem: str, factors: Factors, embeddings: dict[str, torch.Tensor], base_name: str
 ) -> list[str]:
+    """One kohya-keyed LoRA file ``<stem>.safetensors`` and A1111 embeddings; the files written."""
     # A1111 shows ss_* metadata in its LoRA browser; sd_v1 tells it which architecture this is
     metadata = {"format": "pt", "ss_base_model_version": "sd_v1", "ss_sd_model_name": base_name}
     lora = f"{stem}.safetensors"

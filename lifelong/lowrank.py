@@ -51,23 +51,21 @@ def to_factors(deltas: Sequence[ConceptDelta], energy: float = 0.99, max_rank: i
 
     A module no delta changes, or whose change is zero, is left out."""
     result = Factors()
-    modules = dict.fromkeys(module for delta in deltas for module in delta.modules())
-    for module in modules:
+    for module in dict.fromkeys(module for delta in deltas for module in delta.modules()):
         parts = [delta for delta in deltas if module in delta.modules()]
+        total_sq = float((torch.stack([d.dense(module).double() for d in parts]).sum(0) ** 2).sum())
+        if total_sq == 0:
+            continue
+        result.total_sq += total_sq
         a_parts = [d.tensors[f"{module}.lora_A"].float() for d in parts if d.kind != "kv"]
         b_parts = [d.tensors[f"{module}.lora_B"].float() for d in parts if d.kind != "kv"]
         dense = [d.tensors[module].float() for d in parts if d.kind == "kv"]
-        total = sum(d.dense(module).double() for d in parts)
-        assert isinstance(total, torch.Tensor)
-        result.total_sq += float((total**2).sum())
-        if dense:
-            summed = torch.stack(dense).sum(0)
-            if summed.any():
-                a, b = truncated_svd(summed, energy, max_rank)
-                a_parts.append(a)
-                b_parts.append(b)
-                result.svd_ranks[module] = int(a.shape[0])
-                result.residual_sq += float(((summed.double() - b.double() @ a.double()) ** 2).sum())
-        if a_parts and float((total**2).sum()) > 0:
-            result.factors[module] = (torch.cat(a_parts, 0), torch.cat(b_parts, 1))
+        summed = torch.stack(dense).sum(0) if dense else None
+        if summed is not None and summed.any():
+            a, b = truncated_svd(summed, energy, max_rank)
+            a_parts.append(a)
+            b_parts.append(b)
+            result.svd_ranks[module] = int(a.shape[0])
+            result.residual_sq += float(((summed.double() - b.double() @ a.double()) ** 2).sum())
+        result.factors[module] = (torch.cat(a_parts, 0), torch.cat(b_parts, 1))
     return result

@@ -26,9 +26,9 @@ from PIL import Image
 
 from lifelong.base import BUNDLED_EVAL_IDENTITY, BaseModel
 from lifelong.concepts import MANIFEST, Concept, Session
-from lifelong.configs import ExportConfig
+from lifelong.configs import ExportConfig, check
 from lifelong.errors import Cancelled, ExportError, ImageCountError, SessionFormatError
-from lifelong.export import ExportReport, export
+from lifelong.export import ExportReport, chosen_concepts, export
 from lifelong.files import atomic_write
 from lifelong.generate import GenerateConfig, generate, generate_with_maps, warm_up
 from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource
@@ -438,9 +438,11 @@ class Studio:
             session = self.session(user)
             if not session.concepts:
                 raise ExportError("Nothing to export yet: learn a concept first.")
+            check(config)
+            indices = chosen_concepts(session, config, checkpoint)  # the folder is named by checked values
+            what = session.names()[indices[0] - 1] if config.concept else f"checkpoint-{indices[-1]}"
             out = self.folder(user) / "export"
             shutil.rmtree(out, ignore_errors=True)
-            what = config.concept or f"checkpoint-{session.resolve(checkpoint)}"
             folder = out / f"lifelong-{what}-{config.format}-{time.strftime('%Y%m%d-%H%M%S')}"
             report = export(self.base, session, folder, config, checkpoint)
             archive = folder.with_suffix(".zip")

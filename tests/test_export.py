@@ -152,6 +152,8 @@ def test_export_then_import_reproduces_the_images(base, session, tmp_path, fmt):
 def test_exports_are_refused_with_a_clear_message(base, session, tmp_path):
     with pytest.raises(ExportError, match="not a concept of this session"):
         export(base, session, tmp_path / "a", ExportConfig(concept="nobody"))
+    with pytest.raises(ExportError, match="not both"):
+        export(base, session, tmp_path / "a", ExportConfig(concept="rex"), checkpoint=2)
     with pytest.raises(ExportError, match="Checkpoint 0 is the base model"):
         export(base, session, tmp_path / "b", checkpoint=0)
     (tmp_path / "c").mkdir()
