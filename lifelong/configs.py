@@ -196,5 +196,6 @@ class ExportConfig:
         "share of a dense (K/V) delta's energy, Σσ², that its truncated SVD keeps (LoRA deltas are exact)",
         0.5,
         1.0,
+        0.001,
     )
     max_rank: int = setting(MAX_LORA_RANK, "the highest rank a truncated SVD may use", 1, 1024, slider=False)
