@@ -4,8 +4,8 @@
 str → textbox, or a dropdown when it has choices, the ``settings`` dict → a ``key=value`` box) with the help
 text and bounds written on the field (``lifelong.configs``); ``form.parse(*values)`` turns the components'
 values back into a config through :func:`lifelong.overrides.override`, the same path the CLI's ``--set``
-takes. Events take a form's values by
-field name (``form.named()`` as ``inputs_kwargs``), so the app's HTTP API names its parameters like the UI.
+takes. Events take a form's values by field name (``form.named()`` as ``inputs_kwargs``), so the app's HTTP
+API names its parameters like the UI.
 """
 
 from __future__ import annotations
