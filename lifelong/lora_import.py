@@ -206,8 +206,8 @@ def reference_images(
     """What the session draws for ``prompt`` (its slot-token form) with ``delta`` as its next concept."""
     slot = len(session.concepts)
     deltas = [*(session.checkpoint(i)[0] for i in range(1, slot + 1)), delta]
-    # the earlier concepts as this concept's own prompt composes them (routed ones stay out)
-    state = compose(deltas, base.slot_token_ids[: slot + 1], [*session.weights(slot, prompt), 1.0])
+    # the earlier concepts as a prompt naming none of them composes them: stacked ones in, routed ones out
+    state = compose(deltas, base.slot_token_ids[: slot + 1], [*session.weights(slot), 1.0])
     seeds = [config.seed + i for i in range(config.num_images)]
     with use_state(base, state), torch.no_grad():
         cond, uncond = encode_text(base, [prompt]), encode_text(base, [config.negative_prompt])

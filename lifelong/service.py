@@ -2,9 +2,9 @@
 
 ``Studio`` is what the Gradio app calls: learn / generate / compare before-and-after / export / import /
 reset (the session as one file, or concepts as a LoRA for other tools and back), and the timeline of what
-a user has learned. It knows nothing about Gradio; the user key is any
-short token (the app passes Gradio's session hash). Workspaces live under ``root`` (env
-``LIFELONG_SESSIONS_DIR``, default a folder in the system temp dir) and are swept when unused.
+a user has learned. It knows nothing about Gradio; the user key is any short token (the app passes
+Gradio's session hash). Workspaces live under ``root`` (env ``LIFELONG_SESSIONS_DIR``, default a folder in
+the system temp dir) and are swept when unused.
 """
 
 from __future__ import annotations

@@ -625,6 +625,25 @@ def call(client: Client, api: str, **by_label):
     return client.predict(*args, api_name=api)
 
 
+def other_base_lora(base, folder: Path) -> dict[str, object]:
+    """/import_lora's inputs: a LoRA whose factors fit another base's layer, and a fitting embedding."""
+    module = target_module_names(base.pipe.unet)[0]
+    out, inp = base.pipe.unet.get_submodule(module).weight.shape
+    lora, embedding = folder / "other.safetensors", folder / "token.safetensors"
+    save_file(
+        {
+            f"unet.{module}.lora_A.weight": torch.zeros(2, 2 * inp),
+            f"unet.{module}.lora_B.weight": torch.zeros(out, 2),
+        },
+        str(lora),
+    )
+    save_file({"<x>": torch.zeros(BaseSignature.of(base).embedding_width)}, str(embedding))
+    return {
+        "LoRA file (.safetensors)": handle_file(lora),
+        "Embedding file (.safetensors)": handle_file(embedding),
+    }
+
+
 def test_the_app_refuses_crafted_requests_and_serves_the_next_user(app, exported, tmp_path):
     url, studio, demo, limit = app
     client = Client(url, verbose=False)
@@ -648,6 +667,7 @@ def test_the_app_refuses_crafted_requests_and_serves_the_next_user(app, exported
         ("/learn", {**learn, "Concept name": "b", "Prompt template": "{0}"}, "only {token}"),
         ("/learn", {**learn, "Concept name": "b", "Steps": 2000, "Batch size": 64}, "at most 400 s"),
         ("/import", {"Import session file": handle_file(bad_file)}, "not a number"),
+        ("/import_lora", other_base_lora(studio.base, tmp_path), "made for another base model"),
     ]
     for api, values, message in crafted:
         with pytest.raises(AppError) as caught:
