@@ -196,7 +196,8 @@ def readme(
     lines = [
         f"# {', '.join(c.token for c in concepts)}, learned with Lifelong Studio",
         "",
-        f"Base model: `{base_name}` (learned on it; it loads only on a base with the same architecture).",
+        f"Base model: {f'`{base_name}`' if base_name else 'one built in memory, without a name'} (learned on "
+        "it; it loads only on a base with the same architecture).",
         f"What: {what}.",
         *[_method_line(session, i) for i in indices],
         "",
@@ -241,7 +242,7 @@ def _loading(
         "```py",
         "from diffusers import StableDiffusionPipeline",
         "",
-        f'pipe = StableDiffusionPipeline.from_pretrained("{base_name}")',
+        f'pipe = StableDiffusionPipeline.from_pretrained("{base_name or "the/same/base"}")',
         f'pipe.load_lora_weights("{folder}")  # this folder',
         *loads,
         f'image = pipe("{prompt}").images[0]',
