@@ -2,8 +2,9 @@
 
 A concept learned on the bundled model is exported, loaded into a fresh plain ``StableDiffusionPipeline`` of
 the same base with diffusers' own ``load_lora_weights`` and ``load_textual_inversion``, and sampled with the
-same seed and the base's own sampler: a LoRA concept gives the session's images exactly; a dense K/V
-concept, written as LoRA by a truncated SVD, gives them within a stated tolerance.
+same seed and the base's own sampler: a LoRA concept gives the session's images (equal up to 8-bit
+rounding); a dense K/V concept, written as LoRA by a truncated SVD, gives them within a stated tolerance.
+An export imported back as a concept gives the session's images exactly.
 """
 
 from __future__ import annotations
