@@ -6,6 +6,7 @@ Any SD-1.x-architecture diffusers pipeline works: a hub id, a local folder, or t
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 from dataclasses import dataclass, field
@@ -160,9 +161,10 @@ def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def load_base(config: BaseConfig | None = None) -> BaseModel:
-    """Load a pipeline from a hub id or folder (``from_pretrained``), move it to the device and freeze it."""
-    config = config or BaseConfig()
+def load_base(config: BaseConfig | str | None = None) -> BaseModel:
+    """Load a pipeline from a hub id or folder (``from_pretrained``; a string is ``BaseConfig(model=…)``), move
+    it to the device and freeze it."""
+    config = BaseConfig(model=config) if isinstance(config, str) else config or BaseConfig()
     model = config.model or default_model()
     device = torch.device(config.device) if config.device else PartialState().device
     dtype = _resolve_dtype(config.dtype, device)
@@ -199,6 +201,14 @@ def prepare_base(
     return BaseModel(
         pipe, config, train_scheduler, list(ids), threading.RLock(), accelerator, pipe.unet.dtype, rows
     )
+
+
+def from_pipe(pipe: StableDiffusionPipeline, config: BaseConfig | None = None) -> BaseModel:
+    """A base from a pipeline you built, as diffusers' ``from_pipe`` reuses one: a deep copy of it, frozen and
+    given concept slots, so ``pipe`` itself is left exactly as it was (its tokenizer, weights, gradients and
+    device). The copy costs the pipeline's memory once more; ``load_base(model_id)`` avoids that."""
+    config = config or BaseConfig(model=getattr(pipe, "name_or_path", "") or "")
+    return prepare_base(copy.deepcopy(pipe), config)
 
 
 _loaded: dict[BaseConfig, BaseModel] = {}

@@ -1,4 +1,4 @@
-"""Command line: ``python -m lifelong learn|generate|info``, with tqdm progress."""
+"""Command line: ``python -m lifelong learn|generate|export|import-lora|info|methods``, with tqdm progress."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from tqdm import tqdm
 
 from lifelong.base import BaseConfig, BaseModel, compile_requested, default_model, get_base
 from lifelong.concepts import Session
+from lifelong.configs import ExportConfig
 from lifelong.errors import LifelongError
+from lifelong.export import export
 from lifelong.folders import captions_of
 from lifelong.generate import GenerateConfig, generate, generate_with_maps
 from lifelong.learner import LearnConfig, learn
+from lifelong.lora_import import import_lora
 from lifelong.methods import describe
 from lifelong.overrides import override, parse_pairs
 from lifelong.progress import Progress
@@ -38,6 +41,7 @@ GENERATE_OPTIONS = (
     "icgen_strength",
     "icgen_context",
 )
+EXPORT_OPTIONS = ("format", "concept", "energy", "max_rank")
 
 
 def config_options(parser: argparse.ArgumentParser, cls: type, names: tuple[str, ...]) -> None:
@@ -113,6 +117,23 @@ def _generate(args: argparse.Namespace) -> None:
         print(f"{path}  ({caption})")
 
 
+def _export(args: argparse.Namespace) -> None:
+    session = Session.open(args.session)
+    base = _base(args, session)
+    config = override(ExportConfig(), chosen(args, EXPORT_OPTIONS))
+    report = export(base, session, args.out, config, args.checkpoint)
+    print(report.summary())
+    for relative in report.files:
+        print(args.out / relative)
+
+
+def _import_lora(args: argparse.Namespace) -> None:
+    session = Session.create(args.session, args.model)
+    base = _base(args, session)
+    concept = import_lora(base, session, args.lora, args.embedding, args.name, args.class_word)
+    print(f"imported {concept.token} ({concept.settings['source']}) as checkpoint {len(session.concepts)}")
+
+
 def _info(args: argparse.Namespace) -> None:
     session = Session.open(args.session)
     print(f"session {session.root}  base model: {session.base_model or f'default ({default_model()})'}")
@@ -167,6 +188,32 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_generate)
 
 
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "export", help="write concepts as a LoRA + textual-inversion embeddings (diffusers, A1111, ComfyUI)"
+    )
+    parser.add_argument("--session", required=True, type=Path)
+    parser.add_argument("--checkpoint", type=int, default=None, help="export its state (default: the latest)")
+    config_options(parser, ExportConfig, EXPORT_OPTIONS)
+    _set_option(parser, "an ExportConfig field")
+    parser.add_argument("--out", required=True, type=Path, help="a new folder")
+    _common(parser)
+    parser.set_defaults(run=_export)
+
+
+def _import_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "import-lora", help="add a diffusers or kohya LoRA + embedding made for the same base as a concept"
+    )
+    parser.add_argument("--session", required=True, type=Path)
+    parser.add_argument("--lora", required=True, type=Path, help="the LoRA's .safetensors file")
+    parser.add_argument("--embedding", required=True, type=Path, help="its token's .safetensors embedding")
+    parser.add_argument("--name", default="", help="concept name (default: the embedding's own <token>)")
+    parser.add_argument("--class-word", default="", help="what it is, e.g. dog")
+    _common(parser)
+    parser.set_defaults(run=_import_lora)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lifelong", description="Teach a diffusion model concepts, one after another."
@@ -174,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _learn_parser(sub)
     _generate_parser(sub)
+    _export_parser(sub)
+    _import_parser(sub)
     info = sub.add_parser("info", help="list a session's checkpoints")
     info.add_argument("--session", required=True, type=Path)
     info.set_defaults(run=_info)

@@ -365,6 +365,12 @@ class Session:
         return cls.open(root)
 
 
+def open_session(base: BaseModel, root: str | Path) -> Session:
+    """The session in folder ``root``, or a new empty one there, for ``base`` (base first, as in every call
+    of the library: ``learn(base, session, …)``, ``generate(base, session, …)``)."""
+    return Session.create(root, base.name)
+
+
 def _read_manifest(archive: Archive, slots: int) -> tuple[str, list[dict[str, Any]]]:
     if MANIFEST not in archive.members:
         raise SessionFormatError(f"{SESSION_FILE} is not an exported Lifelong Studio session (no manifest).")

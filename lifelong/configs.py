@@ -173,3 +173,29 @@ class GenerateConfig:
         low_open=True,
     )
     icgen_context: str = setting("mean", "which stored latent: 'mean' of them, or an image index 0, 1, ...")
+
+
+EXPORT_FORMATS = ("diffusers", "kohya")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export and in which format (lifelong.export)."""
+
+    format: str = setting(
+        "diffusers",
+        "diffusers: a LoRA folder for load_lora_weights and embeddings for load_textual_inversion; "
+        "kohya: one kohya-keyed LoRA file and A1111 embeddings (A1111, ComfyUI)",
+        choices=EXPORT_FORMATS,
+    )
+    concept: str = setting(
+        "", "a concept's name to export it alone; '' = every concept up to the checkpoint, as composed"
+    )
+    energy: float = setting(
+        0.99,
+        "share of a dense (K/V) delta's energy, Σσ², that its truncated SVD keeps (LoRA deltas are exact)",
+        0.5,
+        1.0,
+        0.001,
+    )
+    max_rank: int = setting(MAX_LORA_RANK, "the highest rank a truncated SVD may use", 1, 1024, slider=False)

@@ -57,3 +57,12 @@ class LimitError(InvalidSettingError):
     """A request asks for more than this app allows: a config field outside its bounds (``configs.check``),
     or settings whose expected cost is over the app's budget (``limits.Budget``). An InvalidSettingError,
     so callers that catch bad settings catch these too."""
+
+
+class ExportError(LifelongError):
+    """What was asked to export does not exist, or cannot be written in the asked format."""
+
+
+class LoraImportError(LifelongError):
+    """A LoRA or embedding file made elsewhere cannot become a concept of this session (not a LoRA we can
+    read, another base model's shapes, layers a concept cannot hold)."""

@@ -1,9 +1,10 @@
 """The app's logic without the UI: one workspace folder per user, each holding one Session.
 
 ``Studio`` is what the Gradio app calls: learn / generate / compare before-and-after / export / import /
-reset, and the timeline of what a user has learned. It knows nothing about Gradio; the user key is any
-short token (the app passes Gradio's session hash). Workspaces live under ``root`` (env
-``LIFELONG_SESSIONS_DIR``, default a folder in the system temp dir) and are swept when unused.
+reset (the session as one file, or concepts as a LoRA for other tools and back), and the timeline of what
+a user has learned. It knows nothing about Gradio; the user key is any short token (the app passes
+Gradio's session hash). Workspaces live under ``root`` (env ``LIFELONG_SESSIONS_DIR``, default a folder in
+the system temp dir) and are swept when unused.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +26,15 @@ from PIL import Image
 
 from lifelong.base import BUNDLED_EVAL_IDENTITY, BaseModel
 from lifelong.concepts import MANIFEST, Concept, Session
-from lifelong.errors import Cancelled, ImageCountError, SessionFormatError
+from lifelong.configs import ExportConfig, check
+from lifelong.errors import Cancelled, ExportError, ImageCountError, SessionFormatError
+from lifelong.export import ExportReport, chosen_concepts, export
 from lifelong.files import atomic_write
 from lifelong.generate import GenerateConfig, generate, generate_with_maps, warm_up
 from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource
 from lifelong.learner import LearnConfig, learn
 from lifelong.limits import Budget, check_generate, check_learn, generate_seconds, learn_seconds
+from lifelong.lora_import import import_lora
 from lifelong.metrics import EvalClip, IdentityEncoder, identity_features, image_alignment, image_features
 from lifelong.progress import Progress, ProgressFn
 
@@ -425,6 +430,40 @@ class Studio:
             out = self.folder(user) / "export"
             shutil.rmtree(out, ignore_errors=True)
             return session.export(out / f"lifelong-session-{stamp}.zip")
+
+    def export_lora(
+        self, user: str, config: ExportConfig, checkpoint: int | None = None
+    ) -> tuple[Path, ExportReport]:
+        """Concepts as a LoRA + embeddings for diffusers, A1111 or ComfyUI (lifelong.export), zipped into one
+        file in the user's workspace (replaced on every export)."""
+        with self._lock(user):
+            session = self.session(user)
+            if not session.concepts:
+                raise ExportError("Nothing to export yet: learn a concept first.")
+            check(config)
+            indices = chosen_concepts(session, config, checkpoint)  # the folder is named by checked values
+            what = session.names()[indices[0] - 1] if config.concept else f"checkpoint-{indices[-1]}"
+            out = self.folder(user) / "export"
+            shutil.rmtree(out, ignore_errors=True)
+            folder = out / f"lifelong-{what}-{config.format}-{time.strftime('%Y%m%d-%H%M%S')}"
+            report = export(self.base, session, folder, config, checkpoint)
+            archive = folder.with_suffix(".zip")
+
+            def write(tmp: Path) -> None:
+                with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as handle:
+                    for relative in report.files:
+                        handle.write(folder / relative, f"{folder.name}/{relative}")
+
+            atomic_write(archive, write)
+            return archive, report
+
+    def import_lora(
+        self, user: str, lora: str | Path, embedding: str | Path, name: str = "", class_word: str = ""
+    ) -> Concept:
+        """Add a LoRA + embedding made elsewhere for this base as the user's next concept (lifelong.lora_import);
+        a refused file leaves the session as it was."""
+        with self._lock(user):
+            return import_lora(self.base, self.session(user), lora, embedding, name, class_word)
 
     def import_file(self, user: str, path: str | Path) -> Session:
         """Replace the user's session by an exported one; if the file is refused, nothing changes.

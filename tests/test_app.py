@@ -134,6 +134,40 @@ def test_learn_example_generate_export_reimport(served, base, tmp_path):
         assert Image.open(matrix).size[0] > 100 and "IA" in pairs[1]["caption"]
 
 
+def test_the_http_api_names_parameters_like_the_ui_and_moves_loras_out_and_in(served, base, tmp_path):
+    """README's gradio_client example (learn, generate by parameter name), then a LoRA export through
+    the app imported into another visitor's session."""
+    url, _ = served
+    client = Client(url, verbose=False)
+    endpoints = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    names = [p["parameter_name"] for endpoint in endpoints.values() for p in endpoint["parameters"]]
+    assert not [name for name in names if name.startswith("param_")]
+    assert [p["parameter_name"] for p in endpoints["/generate"]["parameters"]][:3] == [
+        "prompt", "show_maps", "steps",
+    ]  # fmt: skip
+    example = examples()[0]
+    files = [handle_file(path) for path in example.images]
+    client.predict(
+        images=[{"image": file} for file in files], name="rex", class_word=example.class_word,
+        method="finetune", params="lora", steps=STEPS, batch_size=2, api_name="/learn",
+    )  # fmt: skip
+    images, _ = client.predict(prompt=f"a <rex> {example.class_word}", steps=4, seed=5, api_name="/generate")
+    ours = np.asarray(Image.open(images[0]["image"]))
+    archive, report = client.predict(format="kohya", concept="rex", api_name="/export_lora")
+    assert "<rex>: LoRA on" in html.unescape(report)
+    shutil.unpack_archive(archive, tmp_path)
+    [folder] = tmp_path.glob("lifelong-rex-kohya-*")
+    other = Client(url, verbose=False)
+    lora, embedding = (
+        handle_file(folder / "rex.safetensors"),
+        handle_file(folder / "embeddings" / "rex.safetensors"),
+    )
+    timeline, _, status = other.predict(lora, embedding, "rex", example.class_word, api_name="/import_lora")
+    assert captions(timeline)[0].startswith("1. <rex> · imported") and "kohya LoRA" in status
+    again, _ = other.predict(prompt=f"a <rex> {example.class_word}", steps=4, seed=5, api_name="/generate")
+    assert np.array_equal(np.asarray(Image.open(again[0]["image"])), ours)
+
+
 def test_two_sessions_see_only_their_own_concepts(served):
     url, _ = served
     first, second = Client(url, verbose=False), Client(url, verbose=False)

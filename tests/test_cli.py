@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import pattern_images
@@ -89,3 +91,32 @@ def test_errors_are_messages_not_tracebacks(model_dir, tmp_path, capsys):
         ]
     )
     assert code == 2 and "not a learned concept" in capsys.readouterr().err
+
+
+def test_export_and_import_lora(model_dir, tmp_path, capsys):
+    """A concept exported as a kohya file + A1111 embedding, imported into a new session, draws the same."""
+    images = []
+    for index, image in enumerate(pattern_images()):
+        images.append(str(tmp_path / f"{index}.png"))
+        image.save(images[-1])
+    common = ["--model", str(model_dir), "--device", "cpu"]
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    learn = ["learn", "--session", first, "--name", "rex", "--set", "params=lora", "--steps", "2", *images]
+    assert main([*learn, "--method", "finetune", *common]) == 0
+    out = tmp_path / "export"
+    assert main(["export", "--session", first, "--format", "kohya", "--out", str(out), *common]) == 0
+    printed = capsys.readouterr().out
+    assert "<rex>: LoRA on" in printed and str(out / "lifelong-checkpoint-1.safetensors") in printed
+    lora, embedding = out / "lifelong-checkpoint-1.safetensors", out / "embeddings" / "rex.safetensors"
+    command = ["import-lora", "--session", second, "--lora", str(lora), "--embedding", str(embedding)]
+    assert main([*command, "--name", "rex", *common]) == 0
+    assert "imported <rex> (kohya LoRA) as checkpoint 1" in capsys.readouterr().out
+    drawn = []
+    for session in (first, second):
+        folder = tmp_path / f"images-{Path(session).name}"
+        generate = ["generate", "--session", session, "--prompt", "a <rex>", "--steps", "2", "--out"]
+        assert main([*generate, str(folder), *common]) == 0
+        drawn.append(np.asarray(Image.open(folder / "000000.png")))
+    assert np.array_equal(*drawn)
+    assert main(["export", "--session", first, "--out", str(out), *common]) == 2
+    assert "export into a new folder" in capsys.readouterr().err

@@ -28,12 +28,14 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 from safetensors.torch import load as load_tensors
+from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_tensors
 
 from lifelong import concepts as concepts_module
 from lifelong.adapters import target_module_names
 from lifelong.base import REPO_ROOT, slot_token
 from lifelong.concepts import Session
+from lifelong.configs import ExportConfig
 from lifelong.encoding import tokenize
 from lifelong.errors import (
     Cancelled,
@@ -43,12 +45,14 @@ from lifelong.errors import (
     LifelongError,
     LimitError,
 )
+from lifelong.export import export
 from lifelong.generate import GenerateConfig
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig
 from lifelong.limits import Budget
 from lifelong.prompts import fill_template
 from lifelong.service import Studio
+from lifelong.signature import BaseSignature
 from lifelong.ui.app import max_upload_bytes
 from lifelong.ui.files import OUTPUTS
 
@@ -341,6 +345,59 @@ def test_checkpoints_on_any_attention_projection_import_and_others_are_refused(v
     victim.refuse(with_checkpoint(lora_attn, rank_65), "has shape 65×")
 
 
+# --- LoRA and embedding files made elsewhere (issue 18's import) -------------------------------------------
+
+
+def test_crafted_lora_and_embedding_files_are_refused_and_the_session_kept(victim, tiny_base, tmp_path):
+    """A LoRA + embedding pair is a stranger's upload too: checked from the headers against the base, refused
+    whole with a typed, path-free message, the session as it was."""
+    good = export(tiny_base, victim.studio.session("vic"), tmp_path / "good", ExportConfig(concept="rex"))
+    lora, embedding = good.folder / good.files[0], good.folder / "embeddings" / "rex.safetensors"
+    weights = load_file(lora)
+    down = next(key for key in weights if key.endswith(".lora.down.weight"))
+    up, module = down.replace(".down.", ".up."), down.removesuffix(".lora.down.weight")
+    out, inp = weights[up].shape[0], weights[down].shape[1]
+    kohya = "lora_unet_" + module.removeprefix("unet.").replace(".", "_")
+    concepts = sorted(p.name for p in (victim.studio.folder("vic") / "session" / "concepts").iterdir())
+
+    def saved(tensors: dict[str, torch.Tensor]) -> Path:
+        path = victim.inbox / f"{len(list(victim.inbox.iterdir()))}.safetensors"
+        save_file(tensors, str(path))
+        return path
+
+    def refuse(lora_file: Path, embedding_file: Path, match: str, name: str = "new") -> None:
+        with pytest.raises(LifelongError) as caught:
+            victim.studio.import_lora("vic", lora_file, embedding_file, name)
+        assert match in str(caught.value), str(caught.value)
+        assert_path_free(str(caught.value), victim.root, victim.studio.root)
+        assert victim.studio.tokens("vic") == victim.tokens and victim._manifest() == victim.manifest
+        assert (
+            sorted(p.name for p in (victim.studio.folder("vic") / "session" / "concepts").iterdir())
+            == concepts
+        )
+
+    refuse(saved({**weights, down: weights[down] * math.nan}), embedding, "not finite")
+    refuse(saved({**weights, down: torch.zeros(65, inp), up: torch.zeros(out, 65)}), embedding, "above 64")
+    refuse(saved({k: v for k, v in weights.items() if k != up}), embedding, "only one of the two")
+    refuse(saved({**weights, f"{kohya}.lora_down.weight": weights[down].clone()}), embedding, "twice")
+    refuse(saved({**weights, "unet.conv_in.lora.down.weight": torch.zeros(2, 4)}), embedding, "has not")
+    refuse(saved({**weights, f"{kohya}.alpha": torch.zeros(3)}), embedding, "not one number")
+    liar = victim.inbox / "liar.safetensors"
+    liar.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
+    refuse(liar, embedding, "not a safetensors file")
+    huge = victim.inbox / "huge.safetensors"
+    with open(huge, "wb") as handle:  # sparse: its size is what counts, read before anything else
+        handle.truncate(BaseSignature.of(tiny_base).max_checkpoint_bytes() + 1)
+    refuse(huge, embedding, "can be at most")
+    width = BaseSignature.of(tiny_base).embedding_width
+    refuse(lora, saved({"<a>": torch.zeros(width), "<b>": torch.zeros(width)}), "holds 2 tensors")
+    refuse(lora, saved({"<a>": torch.zeros(width, dtype=torch.int64)}), "I64")
+    refuse(lora, saved({"<a>": torch.full((width,), math.inf)}), "not finite")
+    refuse(lora, saved({"<|slot0|>": torch.zeros(width)}), "Give the concept a name", name="")
+    refuse(lora, embedding, "cannot be a concept name", name="../x")
+    refuse(lora, embedding, "already in this session", name="rex")
+
+
 def test_random_mutations_of_a_valid_export_are_refused_or_work(victim, exported):
     rng = random.Random(17)
     for cut in sorted(rng.sample(range(1, len(exported)), 12)):
@@ -568,6 +625,25 @@ def call(client: Client, api: str, **by_label):
     return client.predict(*args, api_name=api)
 
 
+def other_base_lora(base, folder: Path) -> dict[str, object]:
+    """/import_lora's inputs: a LoRA whose factors fit another base's layer, and a fitting embedding."""
+    module = target_module_names(base.pipe.unet)[0]
+    out, inp = base.pipe.unet.get_submodule(module).weight.shape
+    lora, embedding = folder / "other.safetensors", folder / "token.safetensors"
+    save_file(
+        {
+            f"unet.{module}.lora_A.weight": torch.zeros(2, 2 * inp),
+            f"unet.{module}.lora_B.weight": torch.zeros(out, 2),
+        },
+        str(lora),
+    )
+    save_file({"<x>": torch.zeros(BaseSignature.of(base).embedding_width)}, str(embedding))
+    return {
+        "LoRA file (.safetensors)": handle_file(lora),
+        "Embedding file (.safetensors)": handle_file(embedding),
+    }
+
+
 def test_the_app_refuses_crafted_requests_and_serves_the_next_user(app, exported, tmp_path):
     url, studio, demo, limit = app
     client = Client(url, verbose=False)
@@ -591,6 +667,7 @@ def test_the_app_refuses_crafted_requests_and_serves_the_next_user(app, exported
         ("/learn", {**learn, "Concept name": "b", "Prompt template": "{0}"}, "only {token}"),
         ("/learn", {**learn, "Concept name": "b", "Steps": 2000, "Batch size": 64}, "at most 400 s"),
         ("/import", {"Import session file": handle_file(bad_file)}, "not a number"),
+        ("/import_lora", other_base_lora(studio.base, tmp_path), "made for another base model"),
     ]
     for api, values, message in crafted:
         with pytest.raises(AppError) as caught:

@@ -54,7 +54,6 @@ class Page:
             render=False,
         )
     )
-    generate_inputs: set[gr.components.Component] = field(default_factory=set)
     generate_form: Form[GenerateConfig] | None = None  # the Forgetting tab samples with it too
 
     @property

@@ -56,11 +56,11 @@ class ForgettingTab:
 
     @user_errors
     def compare(
-        self, data: dict[Any, Any], request: gr.Request, progress: gr.Progress = TRACKER
+        self, request: gr.Request, progress: gr.Progress = TRACKER, **values: Any
     ) -> tuple[list[tuple[str, str]], str | None, str]:
         """The comparison, its images saved to the session's own folder of Gradio's cache."""
         user = user_of(self.studio, request)
-        config = self.form.parse_dict(data)
+        config = self.form.parse_named(values)
         check_forgetting(self.page.key, user, config)
         try:
             pairs, matrix, note = forgetting_view(forgetting_job(self.page.key, user, config, progress))
@@ -83,7 +83,8 @@ def create_demo(studio: Studio, page: Page) -> None:
     pairs = gr.Gallery(label="Right after learning | now", columns=2, format="png", interactive=False)
     matrix = gr.Image(label="IA matrix", type="pil", interactive=False)
     tab = ForgettingTab(studio, page, page.generate_form)
+    outputs = [pairs, matrix, note]
     compare_button.click(tab.queued, None, None, **QUEUED).then(
-        tab.compare, page.generate_inputs, [pairs, matrix, note], api_name="forgetting", **GPU
+        tab.compare, None, outputs, api_name="forgetting", inputs_kwargs=tab.form.named(), **GPU
     )
     cancel_button.click(cancel_handler(studio), None, None, api_name=False, concurrency_limit=None)

@@ -1,9 +1,11 @@
 """Gradio forms generated from config dataclasses, so a new field shows up in the UI by itself.
 
 ``Form.build(LearnConfig)`` makes one component per field (bool → checkbox, int/float → number or slider,
-str → textbox, the ``settings`` dict → a ``key=value`` box) with the help text and bounds written on the field
-(``lifelong.configs``); ``form.parse(*values)`` turns the components' values back into a config through
-:func:`lifelong.overrides.override`, the same path the CLI's ``--set`` takes.
+str → textbox, or a dropdown when it has choices, the ``settings`` dict → a ``key=value`` box) with the help
+text and bounds written on the field (``lifelong.configs``); ``form.parse(*values)`` turns the components'
+values back into a config through :func:`lifelong.overrides.override`, the same path the CLI's ``--set``
+takes. Events take a form's values by field name (``form.named()`` as ``inputs_kwargs``), so the app's HTTP
+API names its parameters like the UI.
 """
 
 from __future__ import annotations
@@ -28,9 +30,13 @@ def _label(name: str) -> str:
 def _component(
     item: dataclasses.Field[Any], hint: Any, default: Any, elem_id: str
 ) -> gr.components.Component:
-    """A slider for bounded numbers, a number box for others, a checkbox, a textbox or a key=value box."""
+    """A slider for bounded numbers, a number box for others, a checkbox, a dropdown for text with choices,
+    a textbox or a key=value box."""
     info = item.metadata.get("help")
     common = {"label": _label(item.name), "info": info, "elem_id": elem_id}
+    choices = item.metadata.get("choices")
+    if choices:
+        return gr.Dropdown([(choice or "default", choice) for choice in choices], value=default, **common)
     if hint is bool:
         return gr.Checkbox(value=default, **common)
     if hint in (int, float):
@@ -92,6 +98,11 @@ class Form(Generic[C]):
                 changes[name] = value
         return override(self.cls(), changes)
 
-    def parse_dict(self, data: dict[Any, Any], **fixed: Any) -> C:
-        """Like ``parse``, from an event's ``{component: value}`` dict (inputs given as a set)."""
-        return self.parse(*(data[component] for component in self.components), **fixed)
+    def named(self) -> dict[str, gr.components.Component]:
+        """The components by field name: an event's ``inputs_kwargs``, so the HTTP API names each parameter
+        as the config does (``steps``, ``guidance_scale``…)."""
+        return dict(zip(self.names, self.components, strict=True))
+
+    def parse_named(self, values: dict[str, Any], **fixed: Any) -> C:
+        """Like ``parse``, from an event's values by field name (inputs given as ``inputs_kwargs``)."""
+        return self.parse(*(values[name] for name in self.names), **fixed)

@@ -31,23 +31,28 @@ class GenerateTab:
     form: Form[GenerateConfig]
     show_maps: gr.Checkbox
 
+    @property
+    def inputs(self) -> dict[str, gr.components.Component]:
+        """By name, as the HTTP API shows them: the prompt, the maps box and GenerateConfig's fields."""
+        return {"prompt": self.prompt, "show_maps": self.show_maps, **self.form.named()}
+
     @user_errors
     def generate(
-        self, data: dict[Any, Any], request: gr.Request, progress: gr.Progress = TRACKER
+        self, request: gr.Request, progress: gr.Progress = TRACKER, **values: Any
     ) -> tuple[list[str], gr.Gallery]:
         """The images and overlays, saved to the session's own folder of Gradio's cache."""
         user = user_of(self.studio, request)
-        config = self.form.parse_dict(data)
+        config = self.form.parse_named(values)
         check_generate(self.page.key, config)
-        maps = bool(data[self.show_maps])
-        images, overlays = generate_job(self.page.key, user, data[self.prompt], config, maps, progress)
+        maps = bool(values["show_maps"])
+        images, overlays = generate_job(self.page.key, user, values["prompt"], config, maps, progress)
         files = self.page.files
         shown_overlays = [(files.image(user, overlay), caption) for overlay, caption in overlays]
         return [files.image(user, image) for image in images], gr.Gallery(value=shown_overlays, visible=maps)
 
 
 def create_demo(studio: Studio, page: Page) -> None:
-    """The tab's layout and events (inside ``gr.Tab``); places ``page.chips``, sets ``page.generate_inputs``
+    """The tab's layout and events (inside ``gr.Tab``); places ``page.chips``, sets ``page.generate_form``
     (the Forgetting tab samples with the same settings)."""
     with gr.Row():
         with gr.Column():
@@ -73,8 +78,8 @@ def create_demo(studio: Studio, page: Page) -> None:
             )
             maps = gr.Gallery(label="Attention maps", columns=4, format="png", visible=False)
     tab = GenerateTab(studio, page, prompt, form, show_maps)
-    page.generate_inputs, page.generate_form = {prompt, show_maps, *form.components}, form
+    page.generate_form = form
     page.chips.click(insert_token, [page.chips, prompt], prompt, api_name=False)
     outputs = [generated, maps]
-    generate_button.click(tab.generate, page.generate_inputs, outputs, api_name="generate", **GPU)
-    prompt.submit(tab.generate, page.generate_inputs, outputs, api_name=False, **GPU)
+    generate_button.click(tab.generate, None, outputs, api_name="generate", inputs_kwargs=tab.inputs, **GPU)
+    prompt.submit(tab.generate, None, outputs, api_name=False, inputs_kwargs=tab.inputs, **GPU)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from lifelong.configs import GenerateConfig, LearnConfig
 from lifelong.limits import generate_seconds, learn_seconds
+from lifelong.lora_import import REFERENCE_IMAGES
 from lifelong.service import ForgettingReport, Studio
 from lifelong.ui.common import reporter, shown
 
@@ -93,3 +94,14 @@ def forgetting_job(key: str, user: str, config: GenerateConfig, progress: gr.Pro
         progress((done, total), desc=f"comparing checkpoints · image set {done}/{total}", unit="sets")
 
     return STUDIOS[key].forgetting(user, config, report)
+
+
+def _import_duration(key: str, user: str, lora: str, embedding: str, name: str, class_word: str) -> int:
+    return int(generate_seconds(GenerateConfig(num_images=REFERENCE_IMAGES)))
+
+
+@spaces.GPU(duration=_import_duration)
+def import_lora_job(key: str, user: str, lora: str, embedding: str, name: str, class_word: str) -> str:
+    """An imported concept draws the images it keeps: a model job like a generation."""
+    concept = STUDIOS[key].import_lora(user, lora, embedding, name, class_word)
+    return f"Imported **{shown(concept.token)}** ({concept.settings['source']})."

@@ -90,8 +90,11 @@ class LearnTab:
     form: Form[LearnConfig]
 
     @property
-    def inputs(self) -> set[gr.components.Component]:
-        return {self.images, self.name, self.class_word, self.captions, self.method, *self.form.components}
+    def inputs(self) -> dict[str, gr.components.Component]:
+        """By name, as the HTTP API shows them: images, name, class word, captions, method and LearnConfig's
+        fields."""
+        named = {"images": self.images, "name": self.name, "class_word": self.class_word}
+        return {**named, "captions": self.captions, "method": self.method, **self.form.named()}
 
     def check_images(self, images: list[Any] | None, request: gr.Request) -> None:
         """Warn right after an upload about anything that will not work or will be changed."""
@@ -113,18 +116,18 @@ class LearnTab:
         self.studio.submit(user_of(self.studio, request), "learn")
 
     @user_errors
-    def learn(self, data: dict[Any, Any], request: gr.Request, progress: gr.Progress = TRACKER) -> Shown:
+    def learn(self, request: gr.Request, progress: gr.Progress = TRACKER, **values: Any) -> Shown:
         user = user_of(self.studio, request)
-        files = paths(data[self.images])
-        config = self.form.parse_dict(data, method=data[self.method] or DEFAULT_METHOD)
+        files = paths(values["images"])
+        config = self.form.parse_named(values, method=values["method"] or DEFAULT_METHOD)
         self.page.files.note_uploads(user, files)
         check_learn(self.page.key, config)
         for note in upload_notes(files):
             gr.Warning(shown(note))
         try:
-            captions = caption_lines(data[self.captions])
+            captions = caption_lines(values["captions"])
             message = learn_job(
-                self.page.key, user, files, data[self.name], data[self.class_word], config, captions, progress
+                self.page.key, user, files, values["name"], values["class_word"], config, captions, progress
             )
         except Cancelled as error:
             gr.Warning(shown(str(error)))
@@ -151,6 +154,7 @@ def _inputs() -> tuple[
         )
         class_word = gr.Textbox(label="Class word", placeholder="dog", info="what it is")
     captions = gr.Textbox(
+        "",  # a default, so the HTTP API may leave it out
         label="Captions (optional)",
         placeholder="on a red background\non the beach\n…",
         info="one line per image, in order: what else each image shows, so the concept does not learn it",
@@ -199,10 +203,10 @@ def create_demo(studio: Studio, page: Page) -> None:
     images.upload(tab.check_images, images, None, api_name=False)
     method.change(method_changed, method, [method_text, form.component("settings")], api_name=False)
     learn_button.click(tab.queued, None, None, **QUEUED).then(
-        tab.learn, tab.inputs, page.shown, api_name="learn", **GPU
+        tab.learn, None, page.shown, api_name="learn", inputs_kwargs=tab.inputs, **GPU
     )
     if example_list:
         example_set.load_input_event.then(tab.queued, None, None, **QUEUED).then(
-            tab.learn, tab.inputs, page.shown, api_name=False, **GPU
+            tab.learn, None, page.shown, api_name=False, inputs_kwargs=tab.inputs, **GPU
         )
     cancel_button.click(cancel_handler(studio), None, None, api_name="cancel", concurrency_limit=None)
