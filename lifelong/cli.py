@@ -82,7 +82,9 @@ def _learn(args: argparse.Namespace) -> None:
             bar.set_postfix(loss=f"{progress.loss:.4f}")
 
         captions = captions_of([Path(image) for image in args.images])  # kohya's 0.txt beside 0.png
-        result = learn(base, session, args.images, args.name, args.class_word, config, show, captions=captions)
+        result = learn(
+            base, session, args.images, args.name, args.class_word, config, show, captions=captions
+        )
     concept = result.concept
     print(
         f"learned {concept.token} with {concept.method} in {concept.seconds:.1f} s as checkpoint {len(session.concepts)}"

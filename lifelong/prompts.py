@@ -69,7 +69,9 @@ def check_captions(captions: list[str] | tuple[str, ...], images: int) -> list[s
     if not captions:
         return [""] * images
     if len(captions) != images:
-        raise InvalidPromptError(f"{len(captions)} captions for {images} images: give one per image, or none.")
+        raise InvalidPromptError(
+            f"{len(captions)} captions for {images} images: give one per image, or none."
+        )
     cleaned = []
     for index, caption in enumerate(captions, start=1):
         what = f"caption {index}"
@@ -79,7 +81,9 @@ def check_captions(captions: list[str] | tuple[str, ...], images: int) -> list[s
         if len(caption) > MAX_CAPTION_CHARS:
             raise InvalidPromptError(f"{what} is too long; use at most {MAX_CAPTION_CHARS} characters.")
         if any(c in caption for c in "<>|{}"):
-            raise InvalidPromptError(f"{what} cannot contain <, >, |, {{ or }}: describe the rest of the image.")
+            raise InvalidPromptError(
+                f"{what} cannot contain <, >, |, {{ or }}: describe the rest of the image."
+            )
         cleaned.append(check_prompt(caption, what))
     return cleaned
 

@@ -323,7 +323,11 @@ def test_each_images_caption_joins_its_training_prompt(tiny_base, tmp_path):
 
 @pytest.mark.parametrize(
     ("captions", "message"),
-    [(["on grass"], "1 captions for 3 images"), (["a", "<|slot1|>", "c"], "caption 2"), (["a", "b", "{x}"], "caption 3")],
+    [
+        (["on grass"], "1 captions for 3 images"),
+        (["a", "<|slot1|>", "c"], "caption 2"),
+        (["a", "b", "{x}"], "caption 3"),
+    ],
 )
 def test_bad_captions_are_refused_before_anything_is_touched(tiny_base, tmp_path, captions, message):
     session = Session.create(tmp_path / "s", "tiny")

@@ -63,7 +63,14 @@ def test_cli_learns_each_concept_alone_and_writes_scores_and_grid(tmp_path, caps
     for concept in document["concepts"]:
         assert 0 <= concept["identification"] <= 1 and 0 <= concept["background"] <= 1
         assert concept["seconds"] > 0 and -1 <= concept["ia"] <= 1
-    assert set(document["mean"]) >= {"identification", "ia_normalised", "background", "ta", "seconds", "vae_ceiling"}
+    assert set(document["mean"]) >= {
+        "identification",
+        "ia_normalised",
+        "background",
+        "ta",
+        "seconds",
+        "vae_ceiling",
+    }
     assert all(0 <= c["vae_ceiling"] <= 1 for c in document["concepts"])
     assert Image.open(out / "grid.png").size[1] == 2 * 64
     assert "| **mean** |" in (out / "report.md").read_text()

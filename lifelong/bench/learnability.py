@@ -86,7 +86,11 @@ def reference_features(
 
 
 def vae_ceiling(
-    base: BaseModel, encoder: IdentityEncoder, concept: FolderConcept, k: int, references: Sequence[torch.Tensor]
+    base: BaseModel,
+    encoder: IdentityEncoder,
+    concept: FolderConcept,
+    k: int,
+    references: Sequence[torch.Tensor],
 ) -> float:
     """Identification of the concept's references decoded from their own VAE latents."""
     round_trip = decode(base, encode_images(base, load_images(list(concept.images), base.resolution)))

@@ -34,7 +34,7 @@ from transformers import ConvNextImageProcessor, ResNetConfig, ResNetModel
 
 from ..metrics import leave_one_out_identification
 from .common import Checkpointer, Log, cosine_lr
-from .data import COLORS, HELD_OUT, _glyph, renderable_emoji
+from .data import COLORS, _glyph, renderable_emoji
 
 _SIDE = 64  # glyphs are stored at the image size; smaller placements are scaled down by grid_sample
 IMAGE_SIZE = 64

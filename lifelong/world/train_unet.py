@@ -225,7 +225,9 @@ def main() -> None:
         "--lr", type=float, default=UnetTrainConfig.lr, help="e.g. lower it for a final phase"
     )
     parser.add_argument("--out", type=Path, default=UnetTrainConfig.out)
-    parser.add_argument("--data", type=Path, default=UnetTrainConfig.data, help="a rendered cache (world.data)")
+    parser.add_argument(
+        "--data", type=Path, default=UnetTrainConfig.data, help="a rendered cache (world.data)"
+    )
     parser.add_argument("--vae", type=Path, default=UnetTrainConfig.vae)
     parser.add_argument("--init", type=Path, help="start from these UNet weights (a diffusers folder)")
     parser.add_argument("--n-latents", type=int, default=UnetTrainConfig.n_latents)
