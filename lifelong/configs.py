@@ -126,7 +126,7 @@ class LearnConfig:
         'every attention layer); "" = the method\'s choice',
         choices=("", "kv", "lora", "lora-attn"),
     )
-    lora_rank: int = setting(4, "rank of the LoRA factors", 1, MAX_LORA_RANK)
+    lora_rank: int = setting(8, "rank of the LoRA factors", 1, MAX_LORA_RANK)
     augment: bool = setting(True, "horizontal flips and random crops, encoded once")
     seed: int = setting(0, "seed of the noise, timesteps and augmentation", 0, MAX_SEED, slider=False)
     prompt_template: str = setting("a {token} {class_word}", "the training prompt")

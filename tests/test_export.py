@@ -89,7 +89,7 @@ def assert_same_image(theirs: np.ndarray, ours: np.ndarray) -> None:
 
 def test_a_lora_concept_loads_into_plain_diffusers_and_draws_the_same_images(base, session, tmp_path):
     report = export(base, session, tmp_path / "rex", ExportConfig(concept="rex"))
-    assert report.tokens == ["<rex>"] and not report.svd_ranks and set(report.ranks.values()) == {4}
+    assert report.tokens == ["<rex>"] and not report.svd_ranks and set(report.ranks.values()) == {LearnConfig.lora_rank}
     readme = (tmp_path / "rex" / "README.md").read_text()
     assert "base-model" in readme and "<rex>" in readme and "load_lora_weights" in readme
     pipe = plain_pipeline()
@@ -104,8 +104,8 @@ def test_a_checkpoint_with_dense_deltas_exports_by_svd_within_the_stated_error(b
     report = export(base, session, tmp_path / "k2", ExportConfig(energy=0.99), checkpoint=2)
     assert report.tokens == ["<rex>", "<mug>"]
     assert report.svd_ranks and 0 < report.relative_error <= math.sqrt(1 - 0.99) + 1e-6
-    # LoRA and SVD factors stacked per module: rex's rank 4 plus the SVD's rank
-    assert all(report.ranks[m] == 4 + r for m, r in report.svd_ranks.items())
+    # LoRA and SVD factors stacked per module: rex's rank plus the SVD's rank
+    assert all(report.ranks[m] == LearnConfig.lora_rank + r for m, r in report.svd_ranks.items())
     pipe = plain_pipeline()
     pipe.load_lora_weights(str(tmp_path / "k2"))
     for name in ("rex", "mug"):
