@@ -46,7 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     for repeat in range(args.repeats):
         user = f"timing{repeat:02d}"
         images = list(concept.images)
-        learn = partial(studio.learn, user, images, concept.name, concept.class_word, LearnConfig())
+        learn = partial(
+            studio.learn,
+            user,
+            images,
+            concept.name,
+            concept.class_word,
+            LearnConfig(),
+            None,
+            concept.captions,
+        )  # as the app's example button: its captions filled in
         steps = f"{LearnConfig().method}, {LearnConfig().steps} steps"
         _timed(f"learn <{concept.name}> ({steps})", learn, results)
         prompt = f"a <{concept.name}> {concept.class_word} on a blue background"
