@@ -89,7 +89,11 @@ def assert_same_image(theirs: np.ndarray, ours: np.ndarray) -> None:
 
 def test_a_lora_concept_loads_into_plain_diffusers_and_draws_the_same_images(base, session, tmp_path):
     report = export(base, session, tmp_path / "rex", ExportConfig(concept="rex"))
-    assert report.tokens == ["<rex>"] and not report.svd_ranks and set(report.ranks.values()) == {LearnConfig.lora_rank}
+    assert (
+        report.tokens == ["<rex>"]
+        and not report.svd_ranks
+        and set(report.ranks.values()) == {LearnConfig.lora_rank}
+    )
     readme = (tmp_path / "rex" / "README.md").read_text()
     assert "base-model" in readme and "<rex>" in readme and "load_lora_weights" in readme
     pipe = plain_pipeline()
