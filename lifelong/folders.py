@@ -2,8 +2,8 @@
 
 A folder holds one subfolder of images per concept and, optionally, an ``index.json``
 (``[{"name", "class_word"}]``, in order). An image may have a caption file beside it (``0.png`` and
-``0.txt``, kohya's convention) saying what it shows besides the concept ("on a red background"). The app offers the shipped ones as one-click examples; the
-benchmarks learn them in order.
+``0.txt``, kohya's convention) saying what it shows besides the concept ("on a red background"). The app
+offers the shipped ones as one-click examples; the benchmarks learn them in order.
 """
 
 from __future__ import annotations

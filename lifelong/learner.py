@@ -24,6 +24,7 @@ from lifelong.concepts import Concept, Session
 from lifelong.configs import LearnConfig
 from lifelong.encoding import encode_images, encode_text, tokenize
 from lifelong.errors import Cancelled, DuplicateConceptError, SessionFullError
+from lifelong.folders import FolderConcept
 from lifelong.intake import ImageSource, load_images, square, validate_class_word, validate_name
 from lifelong.limits import check_learn
 from lifelong.methods import Method, get_method
@@ -39,7 +40,7 @@ from lifelong.step import (
     diffusion_loss,
 )
 
-__all__ = ["LearnConfig", "LearnResult", "concept_loss", "learn"]
+__all__ = ["LearnConfig", "LearnResult", "concept_loss", "learn", "learn_folder"]
 
 
 @dataclass
@@ -297,3 +298,18 @@ def learn(
     concept = concept_record(plan, config, losses, time.perf_counter() - started)
     session.add_concept(concept, plan.images, delta, extras)
     return LearnResult(concept, losses)
+
+
+def learn_folder(
+    base: BaseModel, session: Session, concept: FolderConcept, config: LearnConfig
+) -> LearnResult:
+    """``learn`` a concept kept as a folder (its images, name, class word and captions)."""
+    return learn(
+        base,
+        session,
+        list(concept.images),
+        concept.name,
+        concept.class_word,
+        config,
+        captions=concept.captions,
+    )

@@ -41,7 +41,7 @@ from lifelong.files import atomic_write, write_json
 from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts
 from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import load_images
-from lifelong.learner import LearnConfig, learn
+from lifelong.learner import LearnConfig, learn_folder
 from lifelong.metrics import (
     EvalClip,
     IdentityEncoder,
@@ -128,10 +128,7 @@ def learn_and_score(
     shutil.rmtree(root, ignore_errors=True)
     session = Session.create(root, base.name)
     started = time.perf_counter()
-    learn(
-        base, session, list(concept.images), concept.name, concept.class_word, config,
-        captions=concept.captions,
-    )  # fmt: skip
+    learn_folder(base, session, concept, config)
     seconds = time.perf_counter() - started
     images, ta_texts, colors = [], [], []
     for prompt, ta_text, color in prompts(concept):

@@ -37,7 +37,7 @@ from lifelong.files import atomic_write, write_json
 from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts
 from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import load_images
-from lifelong.learner import LearnConfig, learn
+from lifelong.learner import LearnConfig, learn_folder
 from lifelong.metrics import EvalClip, FeatureCache, IdentityEncoder, alignment_features
 from lifelong.overrides import override, parse_pairs
 
@@ -163,10 +163,7 @@ def _learn_all(
     session = Session.create(root, base.name)
     for concept in learned:
         learn_config = LearnConfig(method=config.method, steps=config.steps, seed=config.seed)
-        learn(
-            base, session, list(concept.images), concept.name, concept.class_word, learn_config,
-            captions=concept.captions,
-        )  # fmt: skip
+        learn_folder(base, session, concept, learn_config)
         log(f"[multi] learned <{concept.name}>")
     return session
 

@@ -30,7 +30,7 @@ from lifelong.files import write_json
 from lifelong.folders import FolderConcept
 from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import load_images
-from lifelong.learner import LearnConfig, learn
+from lifelong.learner import LearnConfig, learn, learn_folder
 from lifelong.methods import METHODS, get_method
 from lifelong.metrics import (
     EvalClip,
@@ -240,10 +240,7 @@ def run_method(evaluator: Evaluator, method: str, out: Path, log: Log = print) -
         learn_config = config.learn_config(method)
         started = time.perf_counter()
         with PeakMemory(base.device) as memory:
-            learn(
-                base, session, list(concept.images), concept.name, concept.class_word, learn_config,
-                captions=concept.captions,
-            )  # fmt: skip
+            learn_folder(base, session, concept, learn_config)
         seconds.append(time.perf_counter() - started)  # all of it: what a method stores after learning too
         peaks.append(memory.peak_mb)
         started = time.perf_counter()
