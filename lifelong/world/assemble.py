@@ -6,7 +6,8 @@ unless asked otherwise). eval-clip is the whole world CLIP with a CLIPProcessor-
 and the same tokenizer.
 
 `python -m lifelong.world.assemble [--unet runs/world/unet/ckpt/ema]`, or, to swap only the UNet of an
-assembled pipeline (the other parts unchanged), `python -m lifelong.world.assemble --only-unet --unet DIR`.
+assembled pipeline (the other parts unchanged), `python -m lifelong.world.assemble --only-unet --unet DIR`
+(add `--with-vae --vae DIR` to swap the VAE with it).
 """
 
 from __future__ import annotations
@@ -98,6 +99,12 @@ def replace_unet(unet_path: Path, pipeline: Path) -> None:
     _replace(pipeline / "unet", unet.half().save_pretrained)
 
 
+def replace_vae(vae_path: Path, pipeline: Path) -> None:
+    """Swap the VAE of ``pipeline`` (a UNet trained on the new VAE's latents must come with it)."""
+    vae = AutoencoderKL.from_pretrained(vae_path, torch_dtype=torch.float32)
+    _replace(pipeline / "vae", vae.save_pretrained)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip", type=Path, default=Path("runs/world/clip/ckpt/model"))
@@ -105,9 +112,12 @@ def main() -> None:
     parser.add_argument("--unet", type=Path, default=Path("runs/world/unet/ckpt/ema"))
     parser.add_argument("--assets", type=Path, default=Path("assets"))
     parser.add_argument("--only-unet", action="store_true", help="swap only the UNet of assets/base-model")
+    parser.add_argument("--with-vae", action="store_true", help="with --only-unet: swap the VAE too")
     args = parser.parse_args()
     if args.only_unet:
         replace_unet(args.unet, args.assets / "base-model")
+        if args.with_vae:
+            replace_vae(args.vae, args.assets / "base-model")
     else:
         assemble(args.clip, args.vae, args.unet, args.assets)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import unicodedata
 from dataclasses import dataclass
 from functools import cache
@@ -29,7 +30,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..colors import NAMED_COLORS
 
-FONT_PATH = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+# Debian's path; $LIFELONG_EMOJI_FONT names a copy (a GPU machine that has no Debian packages gets one carried)
+FONT_PATH = Path(os.environ.get("LIFELONG_EMOJI_FONT", "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"))
 _FONT_SIZE = 109  # the only size the bitmap font loads at (see NOTES.md)
 _GLYPH = 136  # rendered glyph box is 136×128; we pad it to a square
 

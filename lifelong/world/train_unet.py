@@ -54,6 +54,7 @@ class UnetTrainConfig:
     grow: bool = False  # add cross-attention at 16×16 first (grow.with_fine_attention: same function)
     lr_new: float | None = None  # learning rate of the grown layers (default: lr)
     budget_s: float | None = None  # stop (and save) after this many seconds
+    device: str = "cpu"  # e.g. cuda: bf16 autocast, fp32 weights and optimizer state
 
 
 def build_unet() -> UNet2DConditionModel:
@@ -125,14 +126,17 @@ def _is_grown(name: str) -> bool:
 
 
 @torch.no_grad()
-def encode_latents(vae: AutoencoderKL, images: np.ndarray, log: Log) -> np.ndarray:
+def encode_latents(
+    vae: AutoencoderKL, images: np.ndarray, log: Log, device: str | torch.device = "cpu"
+) -> np.ndarray:
     """Scaled latent means of every cached image, float16, N×4×16×16."""
-    vae.eval()
+    vae.eval().to(device)
     out = np.empty((len(images), 4, 16, 16), dtype=np.float16)
     for i in range(0, len(images), 256):
+        pixels = to_pixels(torch.from_numpy(np.array(images[i : i + 256])).to(device))
         out[i : i + 256] = (
-            vae.encode(to_pixels(images[i : i + 256])).latent_dist.mean * vae.config.scaling_factor
-        ).numpy()
+            (vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor).float().cpu().numpy()
+        )
         if i % 5120 == 0:
             log(f"encoded {i}/{len(images)} images")
     return out
@@ -141,17 +145,20 @@ def encode_latents(vae: AutoencoderKL, images: np.ndarray, log: Log) -> np.ndarr
 def train(cfg: UnetTrainConfig, resume: bool) -> None:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # GPUs only
     log = Log(cfg.out / "train.log")
     latents_file = cfg.out / "latents.npy"
     images, captions = load_cache(cfg.data)
     if cfg.reencode or not latents_file.exists():
         np.save(
-            latents_file, encode_latents(AutoencoderKL.from_pretrained(cfg.vae), images[: cfg.n_latents], log)
+            latents_file,
+            encode_latents(AutoencoderKL.from_pretrained(cfg.vae), images[: cfg.n_latents], log, device),
         )
-    latents = torch.from_numpy(np.load(latents_file))
-    ids = tokenize(captions[: len(latents)])
-    empty = tokenize([""])[0]
-    text_encoder = load_text_encoder(cfg.clip, cfg.text_encoder)
+    latents = torch.from_numpy(np.load(latents_file)).to(device)
+    ids = tokenize(captions[: len(latents)]).to(device)
+    empty = tokenize([""])[0].to(device)
+    text_encoder = load_text_encoder(cfg.clip, cfg.text_encoder).to(device)
     ckpt = Checkpointer(cfg.out / "ckpt")
     if resume and ckpt.exists():
         unet = UNet2DConditionModel.from_pretrained(ckpt.folder / "unet")
@@ -162,8 +169,12 @@ def train(cfg: UnetTrainConfig, resume: bool) -> None:
         ema = UNet2DConditionModel.from_config(unet.config)
         ema.load_state_dict(unet.state_dict())
         start = 0
-    ema.requires_grad_(False)
+    unet.to(device)
+    ema.requires_grad_(False).to(device)
     scheduler = build_noise_scheduler()
+    scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(
+        device
+    )  # add_noise/get_velocity index it on device
     alphas_cumprod = scheduler.alphas_cumprod
     groups = _param_groups(unet, cfg)
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=0.01)
@@ -182,16 +193,20 @@ def train(cfg: UnetTrainConfig, resume: bool) -> None:
     began = time.monotonic()
     for step in range(start, cfg.steps):
         unet.train()
-        batch = np.sort(rng.choice(len(latents), size=cfg.batch, replace=False))
+        batch = torch.from_numpy(np.sort(rng.choice(len(latents), size=cfg.batch, replace=False))).to(device)
         x0 = latents[batch].float()
         tokens = ids[batch].clone()
-        tokens[torch.from_numpy(rng.random(cfg.batch) < cfg.uncond_prob)] = empty
-        with torch.no_grad():
+        tokens[torch.from_numpy(rng.random(cfg.batch) < cfg.uncond_prob).to(device)] = empty
+        autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+        with torch.no_grad(), autocast:
             context = text_encoder(input_ids=tokens).last_hidden_state
-        noise = torch.randn(x0.shape, generator=generator)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch,), generator=generator).to(
+            device
+        )
         noisy = scheduler.add_noise(x0, noise, t)
-        pred = unet(noisy, t, encoder_hidden_states=context).sample
+        with autocast:
+            pred = unet(noisy, t, encoder_hidden_states=context).sample.float()
         snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
         weight = (snr.clamp(max=cfg.snr_gamma) + 1) / (snr + 1)
         target = scheduler.get_velocity(x0, noise, t)
@@ -204,9 +219,9 @@ def train(cfg: UnetTrainConfig, resume: bool) -> None:
         optimizer.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
-        running += loss.item()
+        running += loss.detach()  # no host sync per step
         if (step + 1) % 50 == 0:
-            log(f"step {step + 1} loss {running / 50:.4f}")
+            log(f"step {step + 1} loss {float(running) / 50:.4f}")
             running = 0.0
         out_of_time = cfg.budget_s is not None and time.monotonic() - began > cfg.budget_s
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or out_of_time:
@@ -238,6 +253,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, help="stop and save after this many seconds")
     parser.add_argument("--batch", type=int, default=UnetTrainConfig.batch)
     parser.add_argument("--save-every", type=int, default=UnetTrainConfig.save_every)
+    parser.add_argument("--device", default=UnetTrainConfig.device, help="e.g. cuda")
     args = parser.parse_args()
     cfg = UnetTrainConfig(**{k: v for k, v in vars(args).items() if k != "resume"})
     train(cfg, args.resume)

@@ -76,7 +76,8 @@ def latent_std(vae: AutoencoderKL, images: np.ndarray, n: int = 2048) -> float:
     """Std of unscaled latent means over the first `n` cached images."""
     vae.eval()
     means = [
-        vae.encode(to_pixels(images[i : i + 128]).to(vae.device)).latent_dist.mean for i in range(0, n, 128)
+        vae.encode(to_pixels(images[i : i + 128]).to(vae.device)).latent_dist.mean
+        for i in range(0, min(n, len(images)), 128)
     ]
     return float(torch.cat(means).std())
 
