@@ -69,8 +69,8 @@ class SettingResult:
     seconds_per_image: float
     per_concept_ia: dict[str, float]  # each learned concept's mean IA over the pairs it is in
     # per image, [pair][seed], the same pairs and seeds in both settings: for the intervals
-    present_images: list[list[float]] = field(default_factory=list)  # 1.0: both concepts present
-    minimum_images: list[list[float]] = field(default_factory=list)  # the lower of the two IAs
+    present_images: list[list[float]]  # 1.0: both concepts present
+    minimum_images: list[list[float]]  # the lower of the two IAs
 
 
 MEASURES = {"both_present": "present_images", "min_similarity": "minimum_images"}
