@@ -114,7 +114,7 @@ def test_report_and_plots_are_written(miniature):
     assert re.search(rf"\| finetune \| {value} \| {value} \|", report)
     assert re.search(r"\| lfs − finetune \| \**[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", report)
     assert "| finetune − finetune |" not in report
-    assert "images for ± 0.02" in report and "Eval images per concept and checkpoint: 2." in report
+    assert "images for ± 0.02" in report and "Eval images per concept and checkpoint: 2;" in report
     assert Image.open(out / "forgetting_curves.png").size[0] > 100
     grid = Image.open(out / "before_after.png")
     assert grid.size[1] >= (1 + 2 * len(config.methods)) * 96  # references, then two rows per method
