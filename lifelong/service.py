@@ -415,11 +415,7 @@ class Studio:
                 return ForgettingReport(comparisons, None, note, names)
             for item in comparisons:
                 item.retention = retention(*_own_and_unrelated(scores, item.index, count))
-            matrix, low, high = (np.full((count, count), np.nan) for _ in range(3))
-            for (i, j), table in scores.items():
-                interval = cluster_bootstrap(table[None, :, i - 1].numpy())  # over this set's seeds
-                cell = (i - 1, j - 1)
-                matrix[cell], low[cell], high[cell] = interval.mean, interval.low, interval.high
+            matrix, low, high = _ia_matrix(scores, count)
             note = (
                 f"Same prompt, seeds {config.seed}–{config.seed + config.num_images - 1}; IA = mean similarity "
                 "of an image to the concept's own images, [low, high] its 95 % interval over the "
@@ -503,6 +499,18 @@ class Studio:
             self._sessions.pop(user, None)
             shutil.rmtree(self.folder(user) / "session", ignore_errors=True)
             self.session(user)
+
+
+def _ia_matrix(
+    scores: dict[tuple[int, int], torch.Tensor], count: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IA(i, j) and the bounds of its 95 % interval over the image set's seeds; NaN where j < i."""
+    matrix, low, high = (np.full((count, count), np.nan) for _ in range(3))
+    for (i, j), table in scores.items():
+        interval = cluster_bootstrap(table[None, :, i - 1].numpy())  # one concept: over its seeds
+        cell = (i - 1, j - 1)
+        matrix[cell], low[cell], high[cell] = interval.mean, interval.low, interval.high
+    return matrix, low, high
 
 
 def _own_and_unrelated(

@@ -201,6 +201,57 @@ def _save_figure(figure: plt.Figure, path: Path) -> None:
     plt.close(figure)
 
 
+def _write_plots(
+    out: Path, results: dict[str, MethodResult], statistics: dict[str, MethodStatistics], names: Sequence[str]
+) -> None:
+    for method, result in results.items():
+        plot_ia_matrix(out / f"ia_matrix_{method}.png", method, result, names)
+    plot_forgetting_curves(out / "forgetting_curves.png", results, statistics, names)
+    if len(names) > 1:
+        grid = before_after_grid(out, results, names)
+        atomic_write(out / "before_after.png", lambda tmp: grid.save(tmp, format="PNG"))
+
+
+def _statistics_lines(
+    results: dict[str, MethodResult],
+    statistics: dict[str, MethodStatistics],
+    names: Sequence[str],
+    resamples: int,
+) -> list[str]:
+    """What the intervals are, the paired comparisons with the baseline and the sample-size plans; nothing
+    for results without samples."""
+    if not statistics:
+        return []
+    lines = [
+        f"[low, high]: 95 % interval, percentile bootstrap ({resamples} resamples, seed {SEED}) over the "
+        "concepts and, within each, its eval images (prompts × seeds); over drift prompts and their seeds for "
+        "base drift (lifelong/stats.py). IAD is taken per image: IA(i,i) − IA(i,N) of the same prompt and "
+        "seed.",
+        "",
+    ]
+    paired = paired_table(statistics)
+    if paired:
+        lines += [
+            f"Paired with `{BASELINE}` (method − {BASELINE}, the same concepts, prompts and seeds drawn for "
+            "both); **bold**: the interval excludes 0.",
+            "",
+            paired,
+            "",
+        ]
+    images = len(results[next(iter(statistics))].IA_images[0][0])
+    return lines + [
+        f"Eval images per concept and checkpoint: {images}; IAD is measured on the {len(names) - 1} "
+        "concept(s) followed by others. *Now*: the half-width of the 95 % interval above; *images for "
+        f"± {TARGET_HALF_WIDTH}*: the eval images per concept and checkpoint that would make it "
+        f"± {TARGET_HALF_WIDTH} with this many concepts, from the measured variance within and between "
+        "concepts (normal approximation, lifelong.stats.sample_size; with one concept the spread between "
+        "concepts is unknown and only the seeds count).",
+        "",
+        plans_table(statistics),
+        "",
+    ]
+
+
 def write_report(
     out: Path,
     document: dict[str, object],
@@ -218,12 +269,7 @@ def write_report(
         }
     }
     write_json(out / "results.json", finite_or_none(document))
-    for method, result in results.items():
-        plot_ia_matrix(out / f"ia_matrix_{method}.png", method, result, names)
-    plot_forgetting_curves(out / "forgetting_curves.png", results, statistics, names)
-    if len(names) > 1:
-        grid = before_after_grid(out, results, names)
-        atomic_write(out / "before_after.png", lambda tmp: grid.save(tmp, format="PNG"))
+    _write_plots(out, results, statistics, names)
     config: dict = document["config"]  # type: ignore[assignment]
     first_prompts: list[str] = next(iter(document["eval_prompts"].values()))  # type: ignore[attr-defined]
     lines = [
@@ -241,34 +287,8 @@ def write_report(
         "",
         table(results, statistics),
         "",
-        f"[low, high]: 95 % interval, percentile bootstrap ({resamples} resamples, seed {SEED}) over the "
-        "concepts and, within each, its eval images (prompts × seeds); over drift prompts and their seeds for "
-        "base drift (lifelong/stats.py). IAD is taken per image: IA(i,i) − IA(i,N) of the same prompt and "
-        "seed.",
-        "",
     ]
-    paired = paired_table(statistics)
-    if paired:
-        lines += [
-            f"Paired with `{BASELINE}` (method − {BASELINE}, the same concepts, prompts and seeds drawn for "
-            "both); **bold**: the interval excludes 0.",
-            "",
-            paired,
-            "",
-        ]
-    if statistics:
-        images = len(results[next(iter(statistics))].IA_images[0][0])
-        lines += [
-            f"Eval images per concept and checkpoint: {images}; IAD is measured on the {len(names) - 1} "
-            "concept(s) followed by others. *Now*: the half-width of the 95 % interval above; *images for "
-            f"± {TARGET_HALF_WIDTH}*: the eval images per concept and checkpoint that would make it "
-            f"± {TARGET_HALF_WIDTH} with this many concepts, from the measured variance within and between "
-            "concepts (normal approximation, lifelong.stats.sample_size; with one concept the spread between "
-            "concepts is unknown and only the seeds count).",
-            "",
-            plans_table(statistics),
-            "",
-        ]
+    lines += _statistics_lines(results, statistics, names, resamples)
     lines += [
         "TA: text alignment of each concept's images right after learning it (TA at the end of the "
         "sequence is `TA_final` in results.json). IA(i,i): image alignment right after learning concept i; "
