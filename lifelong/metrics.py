@@ -181,19 +181,26 @@ def background_color(
     return names[int(distances.argmin())]
 
 
+def text_alignments(images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+    """Cosine of paired rows, one per image: image k against the text it was generated for (normalised)."""
+    return (images * texts).sum(-1)
+
+
 def text_alignment(images: torch.Tensor, texts: torch.Tensor) -> float:
-    """Mean cosine of paired rows: image k against the text it was generated for (normalised features)."""
-    return float((images * texts).sum(-1).mean())
+    """TA: the mean of :func:`text_alignments`."""
+    return float(text_alignments(images, texts).mean())
 
 
-def image_alignment(generated: torch.Tensor, references: torch.Tensor) -> float:
-    """Mean cosine over every (generated, reference) pair: one entry IA(i, j) of the matrix."""
-    return float((generated @ references.T).mean())
+def image_alignments(generated: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
+    """Per generated image, its mean cosine to the references; their mean is one entry IA(i, j). Kept per
+    image so that intervals can be drawn over seeds (lifelong.stats)."""
+    return (generated @ references.T).mean(1)
 
 
-def paired_drift(before: torch.Tensor, after: torch.Tensor) -> float:
-    """1 − mean cosine of paired rows: base-model images against the final model's, same prompt and seed."""
-    return 1.0 - float((before * after).sum(-1).mean())
+def paired_drifts(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """1 − cosine of paired rows, one per image: a base-model image against the final model's, same prompt
+    and seed; their mean is the base drift."""
+    return 1.0 - (before * after).sum(-1)
 
 
 @dataclass(frozen=True)

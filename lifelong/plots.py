@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # files and images only: no display on servers and CI
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
@@ -32,3 +33,18 @@ def ia_heatmap(matrix: np.ndarray, names: Sequence[str], title: str = "") -> Fig
     figure.colorbar(image, ax=axes, shrink=0.8, label="IA")
     figure.tight_layout()
     return figure
+
+
+def forgetting_curves(
+    axes: Axes, mean: np.ndarray, low: np.ndarray, high: np.ndarray, names: Sequence[str]
+) -> None:
+    """Row i of the IA matrix from checkpoint i on, one line per concept, its interval as error bars.
+    Lines are shifted sideways a little so that the bars of different concepts do not hide each other."""
+    n = len(names)
+    for i in range(n):
+        x = np.arange(i + 1, n + 1) + 0.3 * (i - (n - 1) / 2) / max(1, n - 1)
+        y = mean[i, i:]
+        errors = np.stack([y - low[i, i:], high[i, i:] - y])
+        axes.errorbar(x, y, yerr=errors, marker="o", markersize=3, capsize=2, linewidth=1, label=names[i])
+    axes.set_xticks(range(1, n + 1))
+    axes.set_xlabel("after concept j", fontsize=8)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 from PIL import Image
 
 from lifelong.base import BUNDLED_EVAL_IDENTITY, BaseModel
@@ -35,8 +36,10 @@ from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource
 from lifelong.learner import LearnConfig, learn
 from lifelong.limits import Budget, check_generate, check_learn, generate_seconds, learn_seconds
 from lifelong.lora_import import import_lora
-from lifelong.metrics import EvalClip, IdentityEncoder, identity_features, image_alignment, image_features
+from lifelong.metrics import EvalClip, IdentityEncoder, identity_features, image_alignments, image_features
 from lifelong.progress import Progress, ProgressFn
+from lifelong.retention import Retention, retention
+from lifelong.stats import cluster_bootstrap
 
 SESSIONS_ENV = "LIFELONG_SESSIONS_DIR"
 SESSION_MAX_AGE_S = 24 * 3600  # a workspace untouched this long belongs to a tab that is gone
@@ -48,11 +51,10 @@ def sessions_root() -> Path:
 
 
 class Scorer(Protocol):
-    """Image alignment IA: mean CLIP cosine between generated images and a concept's reference images."""
+    """The image features IA compares (L2-normalised rows): IA = mean cosine between generated images and
+    a concept's reference images (lifelong.metrics)."""
 
-    def image_alignment(
-        self, generated: Sequence[Image.Image], references: Sequence[Image.Image]
-    ) -> float: ...
+    def features(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -75,21 +77,15 @@ class TimelineEntry:
 
 @dataclass
 class Comparison:
-    """One earlier concept: its image right after it was learned and now, same prompt and seed."""
+    """One earlier concept: its first image right after it was learned and now, same prompt and seed, and
+    (with a scorer) its IA then and now with intervals over the seeds and the word they give."""
 
     index: int
     name: str
     prompt: str
     after: Image.Image
     now: Image.Image
-    ia_after: float | None = None
-    ia_now: float | None = None
-
-    @property
-    def ia_drop(self) -> float | None:
-        if self.ia_after is None or self.ia_now is None:
-            return None
-        return self.ia_after - self.ia_now
+    retention: Retention | None = None
 
 
 @dataclass
@@ -98,6 +94,8 @@ class ForgettingReport:
     matrix: np.ndarray | None  # IA(i, j): concept i (rows) at checkpoint j (columns), NaN where j < i
     note: str  # what the report shows and, when IA is missing, why
     names: list[str] = field(default_factory=list)
+    low: np.ndarray | None = None  # the 95 % interval of each IA(i, j) over its images (seeds)
+    high: np.ndarray | None = None
 
 
 def upload_notes(sources: Sequence[ImageSource]) -> list[str]:
@@ -369,8 +367,10 @@ class Studio:
     ) -> ForgettingReport:
         """Each earlier concept at its own checkpoint and at the latest one, same prompt and seeds.
 
-        With a scorer, also IA(i, j) for every checkpoint j ≥ i (the forgetting matrix). ``progress`` hears
-        of every image set; a cancel (``cancel(user)``), queued or running, stops it within one step.
+        With a scorer, also IA(i, j) for every checkpoint j ≥ i (the forgetting matrix) with its interval
+        over the seeds, and per earlier concept its retention (lifelong.retention: IA then and now, the
+        drop, the margin over the other concepts, and the word). ``progress`` hears of every image set; a
+        cancel (``cancel(user)``), queued or running, stops it within one step.
         """
         cancel = self.cancel_flag(user, "forgetting")
         self.check_forgetting(user, config)
@@ -386,7 +386,9 @@ class Studio:
             jobs = [
                 (i, j) for i in rows for j in (range(i, count + 1) if self.scorer else sorted({i, count}))
             ]
-            matrix = np.full((count, count), np.nan) if self.scorer else None
+            # per image set, each image's IA to every concept's references: (images, concepts)
+            scores: dict[tuple[int, int], torch.Tensor] = {}
+            references = [self.scorer.features(session.images(k)) for k in rows] if self.scorer else []
             images: dict[tuple[int, int], list[Image.Image]] = {}
             for done, (i, j) in enumerate(jobs):
                 message = f"the comparison was cancelled after {done} of {len(jobs)} image sets."
@@ -397,26 +399,29 @@ class Studio:
                 step(Progress(0, 0))
                 prompt = session.concepts[i - 1].prompts[0]
                 images[i, j] = generate(self.base, session, prompt, config, j, step)
-                if self.scorer is not None and matrix is not None:
-                    matrix[i - 1, j - 1] = self.scorer.image_alignment(images[i, j], session.images(i))
+                if self.scorer is not None:
+                    features = self.scorer.features(images[i, j])
+                    scores[i, j] = torch.stack([image_alignments(features, r) for r in references], dim=1)
                 if progress is not None:
                     progress(done + 1, len(jobs))
-            comparisons = []
-            for i in range(1, count):
-                comparison = Comparison(
+            comparisons = [
+                Comparison(
                     i, names[i - 1], session.concepts[i - 1].prompts[0], images[i, i][0], images[i, count][0]
                 )
-                if matrix is not None:
-                    comparison.ia_after = float(matrix[i - 1, i - 1])
-                    comparison.ia_now = float(matrix[i - 1, count - 1])
-                comparisons.append(comparison)
+                for i in range(1, count)
+            ]
+            if not self.scorer:
+                note = f"Same prompt and seed {config.seed}. No IA numbers: {self.scorer_note}"
+                return ForgettingReport(comparisons, None, note, names)
+            for item in comparisons:
+                item.retention = retention(*_own_and_unrelated(scores, item.index, count))
+            matrix, low, high = _ia_matrix(scores, count)
             note = (
-                f"Same prompt and seed {config.seed}; IA = mean CLIP image similarity to the concept's own "
-                f"images over {config.num_images} image(s)."
-                if self.scorer
-                else f"Same prompt and seed {config.seed}. No IA numbers: {self.scorer_note}"
+                f"Same prompt, seeds {config.seed}–{config.seed + config.num_images - 1}; IA = mean similarity "
+                "of an image to the concept's own images, [low, high] its 95 % interval over the "
+                f"{config.num_images} seed(s)."
             )
-            return ForgettingReport(comparisons, matrix, note, names)
+            return ForgettingReport(comparisons, matrix, note, names, low, high)
 
     # --- files --------------------------------------------------------------------------------------
 
@@ -496,6 +501,32 @@ class Studio:
             self.session(user)
 
 
+def _ia_matrix(
+    scores: dict[tuple[int, int], torch.Tensor], count: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IA(i, j) and the bounds of its 95 % interval over the image set's seeds; NaN where j < i."""
+    matrix, low, high = (np.full((count, count), np.nan) for _ in range(3))
+    for (i, j), table in scores.items():
+        interval = cluster_bootstrap(table[None, :, i - 1].numpy())  # one concept: over its seeds
+        cell = (i - 1, j - 1)
+        matrix[cell], low[cell], high[cell] = interval.mean, interval.low, interval.high
+    return matrix, low, high
+
+
+def _own_and_unrelated(
+    scores: dict[tuple[int, int], torch.Tensor], i: int, count: int
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Concept i's per-image IA right after learning and now, and per image the unrelated level: its
+    highest IA to any other concept's references (``scores[i, j]``: images × concepts)."""
+    others = [k for k in range(count) if k != i - 1]
+    values = []
+    for j in (i, count):
+        table = scores[i, j]
+        values.append((table[:, i - 1].tolist(), table[:, others].max(dim=1).values.tolist()))
+    (after, unrelated_after), (now, unrelated_now) = values
+    return after, now, unrelated_after, unrelated_now
+
+
 def _swap_in(folder: Path, new: Path) -> None:
     """Put the session folder ``new`` in place of the workspace's session: the old one is renamed aside,
     and removed only once the new one is in place (``_recover`` finishes or undoes a swap a crash cut)."""
@@ -529,8 +560,8 @@ class ClipScorer:
     def __init__(self, clip: EvalClip) -> None:
         self.clip = clip
 
-    def image_alignment(self, generated: Sequence[Image.Image], references: Sequence[Image.Image]) -> float:
-        return image_alignment(image_features(self.clip, generated), image_features(self.clip, references))
+    def features(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return image_features(self.clip, images)
 
 
 class IdentityScorer:
@@ -539,10 +570,8 @@ class IdentityScorer:
     def __init__(self, encoder: IdentityEncoder) -> None:
         self.encoder = encoder
 
-    def image_alignment(self, generated: Sequence[Image.Image], references: Sequence[Image.Image]) -> float:
-        return image_alignment(
-            identity_features(self.encoder, generated), identity_features(self.encoder, references)
-        )
+    def features(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return identity_features(self.encoder, images)
 
 
 def default_scorer() -> tuple[Scorer | None, str]:

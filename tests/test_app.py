@@ -121,7 +121,7 @@ def test_learn_example_generate_export_reimport(served, base, tmp_path):
 
     later = examples()[1]
     learn(client, later.images, later.name, later.class_word, steps=2)
-    pairs, matrix, note = call(client, "/forgetting", Steps=2, **{"Num images": 1})
+    pairs, matrix, curves, words, note = call(client, "/forgetting", Steps=2, **{"Images per concept": 3})
     assert [item["caption"].split(" · ")[0] for item in pairs] == [
         f"<{example.name}> right after learning it (checkpoint 1)",
         f"<{example.name}> now (checkpoint 2)",
@@ -129,9 +129,12 @@ def test_learn_example_generate_export_reimport(served, base, tmp_path):
     first_now = np.asarray(Image.open(pairs[0]["image"]).convert("RGB"))
     assert first_now.shape == (base.resolution, base.resolution, 3)
     if studio.scorer is None:
-        assert matrix is None and "No IA numbers" in note
+        assert matrix is None and curves is None and "No IA numbers" in note
     else:
-        assert Image.open(matrix).size[0] > 100 and "IA" in pairs[1]["caption"]
+        assert Image.open(matrix).size[0] > 100 and Image.open(curves).size[0] > 100
+        word = pairs[1]["caption"].split(" · ")[-1]  # "<octopus> now (checkpoint 2) · IA 0.4 [..] · kept"
+        assert word in ("kept", "faded", "forgotten", "not learned") and f"**{word}**" in words
+        assert "over the 3 seed(s)" in note
 
 
 def test_the_http_api_names_parameters_like_the_ui_and_moves_loras_out_and_in(served, base, tmp_path):

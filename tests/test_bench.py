@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from lifelong.bench.cli import build_parser, main, sequence_settings
 from lifelong.bench.report import write_report
 from lifelong.bench.sequence import (
     Evaluator,
+    MethodResult,
     SequenceConfig,
     drift_prompts,
     eval_prompts,
@@ -69,6 +72,33 @@ def test_results_json_has_every_metric_per_method(miniature):
     assert document["drift_prompts"][:2] == ["a dog on a gray background", "a mug on a gray background"]
 
 
+def test_every_image_is_kept_and_the_figures_are_their_means_with_intervals(miniature):
+    out, config, *_ = miniature
+    document = json.loads((out / "results.json").read_text())
+    images = len(config.colors) + 1  # prompts × images_per_prompt (1)
+    for name, result in document["methods"].items():
+        samples = result["IA_images"]
+        assert samples[1][0] is None and len(samples[0][1]) == images
+        assert result["IA_matrix"][0][1] == pytest.approx(np.mean(samples[0][1]))
+        assert result["TA"] == pytest.approx(np.mean(result["TA_images"]))
+        assert np.shape(result["drift_images"]) == (len(document["drift_prompts"]), 1)
+        assert result["base_drift"] == pytest.approx(np.mean(result["drift_images"]))
+        stats = document["statistics"]["methods"][name]
+        for key in ("TA", "TA_final", "IA_own", "IA_final", "IAD", "TFR", "base_drift"):
+            interval = stats["intervals"][key]
+            assert interval["mean"] == pytest.approx(result[key])
+            assert interval["low"] <= interval["mean"] + 1e-9 and interval["mean"] <= interval["high"] + 1e-9
+        assert stats["curve"][1][0] is None and stats["curve"][0][1]["mean"] == pytest.approx(
+            result["IA_matrix"][0][1]
+        )
+        assert stats["plans"]["IAD"]["images"] == images
+    lfs = document["statistics"]["methods"]["lfs"]["paired"]["IAD"]
+    finetune = document["methods"]["finetune"]
+    assert lfs["difference"]["mean"] == pytest.approx(document["methods"]["lfs"]["IAD"] - finetune["IAD"])
+    assert document["statistics"]["methods"]["finetune"]["paired"] == {}
+    assert document["statistics"]["bootstrap"]["resamples"] == 2000
+
+
 def test_learning_changes_what_the_final_model_draws(miniature):
     *_, results = miniature
     assert all(result.base_drift > 0 for result in results.values())
@@ -80,11 +110,28 @@ def test_report_and_plots_are_written(miniature):
     for method in config.methods:
         assert f"| {method} |" in report
         assert Image.open(out / f"ia_matrix_{method}.png").size[0] > 100
-    assert "| IAD / IAD(finetune) |" in report
-    assert "| +0.0000 | +0.000 | +0.000 |" in report  # finetune against itself
+    value = r"-?\d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\]"  # 0.412 [0.398, 0.427]
+    assert re.search(rf"\| finetune \| {value} \| {value} \|", report)
+    assert re.search(r"\| lfs − finetune \| \**[+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", report)
+    assert "| finetune − finetune |" not in report
+    assert "images for ± 0.02" in report and "Eval images per concept and checkpoint: 2;" in report
     assert Image.open(out / "forgetting_curves.png").size[0] > 100
     grid = Image.open(out / "before_after.png")
     assert grid.size[1] >= (1 + 2 * len(config.methods)) * 96  # references, then two rows per method
+
+
+def test_results_saved_without_samples_still_load_and_report_without_intervals(miniature, tmp_path):
+    out, config, concepts, setup, results = miniature
+    document = json.loads((out / "methods" / "finetune.json").read_text())["result"]
+    old = {key: value for key, value in document.items() if not key.endswith("_images")}  # format 1
+    result = MethodResult.from_json(old)
+    assert result.IA_images == [] and result.IAD == results["finetune"].IAD  # JSON keeps floats exactly
+    shutil.copytree(out / "images", tmp_path / "images")
+    names = [c.name for c in concepts]
+    write_report(tmp_path, results_json(setup, {"finetune": result}), {"finetune": result}, names, "old")
+    report = (tmp_path / "report.md").read_text()
+    assert f"| finetune | {result.TA:.3f} | {result.IA_own:.3f} |" in report
+    assert json.loads((tmp_path / "results.json").read_text())["statistics"]["methods"] == {}
 
 
 def test_resume_reuses_finished_methods(tiny_base, miniature):

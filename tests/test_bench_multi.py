@@ -10,7 +10,15 @@ from PIL import Image
 from tiny_clip import tiny_clip
 
 from lifelong.bench.cli import build_parser
-from lifelong.bench.multi import MultiConfig, pair_prompt, peak_crop, per_concept_table, run_multi, table
+from lifelong.bench.multi import (
+    MultiConfig,
+    multi_statistics,
+    pair_prompt,
+    peak_crop,
+    per_concept_table,
+    run_multi,
+    table,
+)
 from lifelong.folders import FolderConcept
 
 
@@ -47,9 +55,21 @@ def test_multi_benchmark_reports_both_settings_on_the_same_seeds(tiny_base, tmp_
         assert result.seconds_per_image > 0
         assert set(result.per_concept_ia) == {"rex", "mug"}
         assert sum(result.per_concept_ia.values()) / 2 == pytest.approx(result.concept_ia)
+        assert np.shape(result.present_images) == np.shape(result.minimum_images) == (1, 2)  # pair × seed
+        assert result.both_present == pytest.approx(np.mean(result.present_images))
+        assert result.min_similarity == pytest.approx(np.mean(result.minimum_images))
+        assert result.min_similarity <= result.concept_ia + 1e-6  # the weaker concept of each image
+    statistics = multi_statistics(results, resamples=200)
+    for setting, result in results.items():
+        interval = statistics.intervals[setting]["min_similarity"]
+        assert interval.mean == pytest.approx(result.min_similarity) and interval.low <= interval.high
+    paired = statistics.paired["both_present"]
+    assert paired.difference.mean == pytest.approx(results["on"].both_present - results["off"].both_present)
     # one row (one pair): off image, its two maps, on image, its two maps
     assert grid.size == (130 + 6 * 96, 14 + 96)
-    assert "| on |" in table(results) and "| mug |" in per_concept_table(results)
+    shown = table(results, statistics)
+    assert "| on |" in shown and "| on − off |" in shown and "| mug |" in per_concept_table(results)
+    assert f"| off | {statistics.intervals['off']['both_present']} |" in shown
     assert (
         pair_prompt(everyone[0], everyone[1], "white") == "a <rex> dog and a <mug> mug on a white background"
     )

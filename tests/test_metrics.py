@@ -13,9 +13,9 @@ from tiny_clip import tiny_clip
 from lifelong.metrics import (
     FeatureCache,
     forgetting,
-    image_alignment,
+    image_alignments,
     image_features,
-    paired_drift,
+    paired_drifts,
     text_alignment,
     text_features,
 )
@@ -39,8 +39,10 @@ def test_image_features_are_normalised_and_independent_of_batching(clip):
 def test_alignment_is_highest_for_the_same_images(clip):
     discs = image_features(clip, pattern_images(3))
     flat = image_features(clip, [Image.new("RGB", (48, 48), (250, 250, 20))])
-    assert image_alignment(discs, discs) > image_alignment(flat, discs)
-    assert image_alignment(discs[:1], discs[:1]) == pytest.approx(1.0, abs=1e-5)
+    assert image_alignments(discs, discs).mean() > image_alignments(flat, discs).mean()
+    assert float(image_alignments(discs[:1], discs[:1])[0]) == pytest.approx(1.0, abs=1e-5)
+    per_image = image_alignments(discs, torch.cat([discs, flat]))
+    assert per_image.shape == (3,) and torch.allclose(per_image, (discs @ torch.cat([discs, flat]).T).mean(1))
 
 
 def test_text_alignment_pairs_rows_and_text_features_differ_by_prompt(clip):
@@ -54,8 +56,8 @@ def test_text_alignment_pairs_rows_and_text_features_differ_by_prompt(clip):
 def test_paired_drift_is_zero_for_the_same_images_and_grows_with_change(clip):
     before = image_features(clip, pattern_images(2))
     changed = image_features(clip, [Image.new("RGB", (48, 48), (0, 0, 0))] * 2)
-    assert paired_drift(before, before) == pytest.approx(0.0, abs=1e-5)
-    assert paired_drift(before, changed) > 1e-3
+    assert torch.allclose(paired_drifts(before, before), torch.zeros(2), atol=1e-5)
+    assert (paired_drifts(before, changed) > 1e-3).all()
 
 
 def test_forgetting_summarises_a_known_matrix():

@@ -6,6 +6,7 @@ import os
 import pickle
 import time
 import zipfile
+from dataclasses import replace
 
 import gradio as gr
 import numpy as np
@@ -20,6 +21,8 @@ from lifelong.configs import field_help
 from lifelong.errors import Cancelled, SessionFormatError
 from lifelong.generate import GenerateConfig, generate
 from lifelong.learner import LearnConfig
+from lifelong.metrics import image_alignments
+from lifelong.retention import MIN_IMAGES, retention
 from lifelong.service import ClipScorer, Studio, upload_notes
 from lifelong.ui.forgetting_tab import forgetting_view
 from lifelong.ui.forms import Form
@@ -63,32 +66,55 @@ def test_forgetting_compares_each_earlier_concept_and_fills_the_ia_matrix(tiny_b
             "u", pattern_images(seed=seed), name, "toy", LearnConfig(method="finetune", steps=3, seed=seed)
         )
     calls = []
-    report = studio.forgetting("u", FAST, lambda done, total: calls.append((done, total)))
+    config = replace(FAST, num_images=MIN_IMAGES)  # enough seeds for an interval and a word
+    report = studio.forgetting("u", config, lambda done, total: calls.append((done, total)))
     assert calls[-1] == (3, 3)  # IA(1,1), IA(1,2), IA(2,2)
     [item] = report.comparisons
     session = studio.session("u")
-    right_after = generate(tiny_base, session, "a <rex> toy", FAST, checkpoint=1)[0]
-    now = generate(tiny_base, session, "a <rex> toy", FAST, checkpoint=2)[0]
-    assert np.array_equal(np.asarray(item.after), np.asarray(right_after))
-    assert np.array_equal(np.asarray(item.now), np.asarray(now))
-    assert report.matrix is not None and np.isnan(report.matrix[1, 0])
-    assert np.isfinite(report.matrix[[0, 0, 1], [0, 1, 1]]).all()
-    assert item.ia_drop == pytest.approx(report.matrix[0, 0] - report.matrix[0, 1])
-    pairs, picture, note = forgetting_view(report)
+    right_after = generate(tiny_base, session, "a <rex> toy", config, checkpoint=1)
+    now = generate(tiny_base, session, "a <rex> toy", config, checkpoint=2)
+    assert np.array_equal(np.asarray(item.after), np.asarray(right_after[0]))
+    assert np.array_equal(np.asarray(item.now), np.asarray(now[0]))
+    assert report.matrix is not None and report.low is not None and report.high is not None
+    assert np.isnan(report.matrix[1, 0]) and np.isnan(report.low[1, 0])
+    cells = [0, 0, 1], [0, 1, 1]
+    assert np.isfinite(report.matrix[cells]).all()
+    assert (report.low[cells] <= report.matrix[cells] + 1e-9).all()
+    assert (report.matrix[cells] <= report.high[cells] + 1e-9).all()
+    # IA and the unrelated level, recomputed from the same images: the word's inputs are what was drawn
+    scorer, references = studio.scorer, [session.images(1), session.images(2)]
+    own = [
+        image_alignments(scorer.features(images), scorer.features(references[0]))
+        for images in (right_after, now)
+    ]
+    other = [
+        image_alignments(scorer.features(images), scorer.features(references[1]))
+        for images in (right_after, now)
+    ]
+    expected = retention(own[0].tolist(), own[1].tolist(), other[0].tolist(), other[1].tolist())
+    assert item.retention == expected and expected.images == MIN_IMAGES
+    assert item.retention.after.mean == pytest.approx(report.matrix[0, 0])
+    assert item.retention.drop.mean == pytest.approx(report.matrix[0, 0] - report.matrix[0, 1])
+    pairs, heatmap, curves, words, note = forgetting_view(report)
     assert [caption for _, caption in pairs] == [
         "<rex> right after learning it (checkpoint 1)",
-        f"<rex> now (checkpoint 2) · IA {item.ia_now:.3f} (drop {item.ia_drop:+.3f})",
+        f"<rex> now (checkpoint 2) · IA {item.retention.now} · {item.retention.word}",
     ]
-    assert picture is not None and np.asarray(picture).std() > 10 and "IA = mean CLIP" in note
+    for picture in (heatmap, curves):
+        assert picture is not None and np.asarray(picture).std() > 10
+    assert f"| &lt;rex&gt; | {item.retention.after} | {item.retention.now} |" in words
+    assert f"**{item.retention.word}**" in words and "95 % interval" in note
     # on ZeroGPU the report comes back from a worker process: it must survive pickling intact
     copy = pickle.loads(pickle.dumps(report))
     assert np.array_equal(np.asarray(copy.comparisons[0].now), np.asarray(item.now))
     assert np.array_equal(copy.matrix, report.matrix, equal_nan=True)
+    assert copy.comparisons[0].retention == item.retention
 
     plain = Studio(tiny_base, root=tmp_path, scorer_note="no eval CLIP here.")
     report = plain.forgetting("u", FAST)
-    assert report.matrix is None and report.comparisons[0].ia_drop is None
+    assert report.matrix is None and report.comparisons[0].retention is None
     assert "No IA numbers: no eval CLIP here." in report.note
+    assert forgetting_view(report)[1:4] == (None, None, "")
 
 
 def test_one_concept_has_nothing_to_forget_yet(studio):

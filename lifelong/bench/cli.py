@@ -26,6 +26,7 @@ from lifelong.folders import BUNDLED_CONCEPTS, load_concepts
 from lifelong.methods import METHODS
 from lifelong.metrics import EvalClip, IdentityEncoder
 from lifelong.overrides import parse_pairs
+from lifelong.stats import RESAMPLES
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ def _run_lifelong(args: argparse.Namespace) -> int:
     results = run_sequence(base, clip, concepts, config, out, setup, resume=args.resume, identity=identity)
     command = "python -m lifelong.bench " + shlex.join(args.argv)
     names = [c.name for c in concepts]
-    write_report(out, results_json(setup, results) | {"command": command}, results, names, command)
+    document = results_json(setup, results) | {"command": command}
+    write_report(out, document, results, names, command, args.resamples)
     print(f"wrote {out / 'results.json'}, {out / 'report.md'} and the plots")
     return 0
 
@@ -168,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--methods", default="", help="comma-separated method names (default: all)")
     common.add_argument("--steps", type=int, default=None, help="learning steps per concept")
     common.add_argument("--seed", type=int, default=0)
+    common.add_argument(
+        "--resamples",
+        type=int,
+        default=RESAMPLES,
+        help=f"bootstrap resamples of the 95 %% intervals (default {RESAMPLES}; lifelong/stats.py)",
+    )
     for mode in MODES:
         mode.add_arguments(parser)
     return parser

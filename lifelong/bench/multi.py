@@ -10,8 +10,11 @@ is cropped, and the identity encoder (metrics.alignment_features) compares the c
 - the references of every concept of the folder outside the pair: the level of unrelated concepts.
 
 A concept is *present* when its IA beats its crop's IA to every unrelated concept; an image has *both* when
-both its concepts are present. Reported per setting: the both-present rate, the mean per-concept IA and the
-seconds per image (map capture, which locates the crops, runs in both settings).
+both its concepts are present. As in Attend-and-Excite, an image is only as good as its weaker concept: its
+*minimum similarity* is the lower of its two concepts' IA. Reported per setting: the both-present rate and
+the mean minimum similarity, each with a 95 % bootstrap interval over pairs and their seeds
+(lifelong.stats), the mean per-concept IA and the seconds per image (map capture, which locates the crops,
+runs in both settings); and guidance on minus off on the same pairs and seeds, with its interval.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import shlex
 import shutil
 import time
@@ -40,6 +42,7 @@ from lifelong.intake import load_images
 from lifelong.learner import LearnConfig, learn_folder
 from lifelong.metrics import EvalClip, FeatureCache, IdentityEncoder, alignment_features
 from lifelong.overrides import override, parse_pairs
+from lifelong.stats import RESAMPLES, Interval, PairedComparison, cluster_bootstrap, paired_comparison
 
 SETTINGS = ("off", "on")
 TILE = 96
@@ -60,10 +63,41 @@ class MultiConfig:
 @dataclass
 class SettingResult:
     both_present: float  # share of images where both concepts beat every unrelated concept
+    min_similarity: float  # mean over images of the lower of the two concepts' IA
     concept_ia: float  # mean IA of a concept's crop to its own references
     unrelated_ia: float  # mean over crops of the best IA to an unrelated concept's references
     seconds_per_image: float
     per_concept_ia: dict[str, float]  # each learned concept's mean IA over the pairs it is in
+    # per image, [pair][seed], the same pairs and seeds in both settings: for the intervals
+    present_images: list[list[float]]  # 1.0: both concepts present
+    minimum_images: list[list[float]]  # the lower of the two IAs
+
+
+MEASURES = {"both_present": "present_images", "min_similarity": "minimum_images"}
+
+
+@dataclass
+class MultiStatistics:
+    intervals: dict[str, dict[str, Interval]]  # setting -> measure -> value [95 % interval]
+    paired: dict[str, PairedComparison]  # measure -> on − off, same pairs and seeds
+
+
+def multi_statistics(results: dict[str, SettingResult], resamples: int = RESAMPLES) -> MultiStatistics:
+    """Both-present rate and minimum similarity per setting over pairs and seeds, and on − off."""
+    intervals = {
+        setting: {
+            measure: cluster_bootstrap(getattr(result, field_name), resamples=resamples)
+            for measure, field_name in MEASURES.items()
+        }
+        for setting, result in results.items()
+    }
+    paired = {
+        measure: paired_comparison(
+            getattr(results["on"], field_name), getattr(results["off"], field_name), resamples=resamples
+        )
+        for measure, field_name in MEASURES.items()
+    }
+    return MultiStatistics(intervals, paired)
 
 
 def pair_prompt(first: FolderConcept, second: FolderConcept, color: str) -> str:
@@ -117,6 +151,7 @@ class _Tally:
 
     learned: list[str]
     present: dict[str, list[bool]] = field(default_factory=lambda: {s: [] for s in SETTINGS})
+    minimum: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SETTINGS})
     own: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SETTINGS})
     unrelated: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SETTINGS})
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SETTINGS, 0.0))
@@ -137,15 +172,24 @@ class _Tally:
             self.unrelated[setting].append(best_other)
             shown[c] = float(scores[c, k]) > best_other
         self.present[setting].append(all(shown))
+        self.minimum[setting].append(min(float(scores[c, k]) for c, k in enumerate(pair)))
 
-    def results(self, count: int) -> dict[str, SettingResult]:
+    def results(self, count: int, seeds: int) -> dict[str, SettingResult]:
+        """Per setting; ``seeds`` images per pair, added pair after pair."""
+
+        def by_pair(values: list[float]) -> list[list[float]]:
+            return [values[start : start + seeds] for start in range(0, len(values), seeds)]
+
         return {
             s: SettingResult(
                 both_present=sum(self.present[s]) / len(self.present[s]),
+                min_similarity=sum(self.minimum[s]) / len(self.minimum[s]),
                 concept_ia=sum(self.own[s]) / len(self.own[s]),
                 unrelated_ia=sum(self.unrelated[s]) / len(self.unrelated[s]),
                 seconds_per_image=self.seconds[s] / count,
                 per_concept_ia={name: sum(v) / len(v) for name, v in self.by_concept[s].items()},
+                present_images=by_pair([float(p) for p in self.present[s]]),
+                minimum_images=by_pair(self.minimum[s]),
             )
             for s in SETTINGS
         }
@@ -213,7 +257,7 @@ def run_multi(
         rows.append((f"{first.name} + {second.name}", row))
         present = tally.present
         log(f"[multi] {prompt}: both present off {present['off'][-1]}, on {present['on'][-1]} (last seed)")
-    return tally.results(len(rows) * config.images_per_pair), pair_grid(rows)
+    return tally.results(len(rows) * config.images_per_pair, config.images_per_pair), pair_grid(rows)
 
 
 def pair_grid(rows: Sequence[tuple[str, Sequence[tuple[Image.Image, str]]]]) -> Image.Image:
@@ -233,16 +277,25 @@ def pair_grid(rows: Sequence[tuple[str, Sequence[tuple[Image.Image, str]]]]) -> 
     return grid
 
 
-def table(results: dict[str, SettingResult]) -> str:
+def table(results: dict[str, SettingResult], statistics: MultiStatistics) -> str:
+    """Per setting, the both-present rate and minimum similarity as "value [95 % interval]", then on − off
+    (in bold when its interval excludes 0)."""
     lines = [
-        "| CAA + OAA | both present ↑ | concept IA ↑ | best unrelated IA | s / image |",
-        "|---|---:|---:|---:|---:|",
+        "| CAA + OAA | both present ↑ | min similarity ↑ | concept IA ↑ | best unrelated IA | s / image |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for setting, r in results.items():
+        shown = statistics.intervals[setting]
         lines.append(
-            f"| {setting} | {r.both_present:.3f} | {r.concept_ia:.4f} | {r.unrelated_ia:.4f} | "
-            f"{r.seconds_per_image:.3f} |"
+            f"| {setting} | {shown['both_present']} | {shown['min_similarity'].format('.4f')} | "
+            f"{r.concept_ia:.4f} | {r.unrelated_ia:.4f} | {r.seconds_per_image:.3f} |"
         )
+    cells = []
+    for measure, fmt in (("both_present", "+.3f"), ("min_similarity", "+.4f")):
+        paired = statistics.paired[measure]
+        text = paired.difference.format(fmt)
+        cells.append(f"**{text}**" if paired.excludes_zero else text)
+    lines.append(f"| on − off | {cells[0]} | {cells[1]} | | | |")
     return "\n".join(lines)
 
 
@@ -287,24 +340,29 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     results, grid = run_multi(base, clip, everyone, config, out, identity=identity)
+    statistics = multi_statistics(results, args.resamples)
     command = "python -m lifelong.bench " + shlex.join(args.argv)
     document = {
         "command": command,
         "model": base.name,
         "config": asdict(config),
         "settings": {s: asdict(r) for s, r in results.items()},
+        "statistics": asdict(statistics) | {"resamples": args.resamples},
     }
     write_json(out / "multi.json", document)
     atomic_write(out / "multi_grid.png", lambda tmp: grid.save(tmp, format="PNG"))
     report = (
-        f"# Multi-concept attention\n\n`{command}`\n\n{table(results)}\n\n{per_concept_table(results)}\n\n"
-        "![pairs](multi_grid.png)\n"
+        f"# Multi-concept attention\n\n`{command}`\n\n{table(results, statistics)}\n\n"
+        f"[low, high]: 95 % interval, percentile bootstrap ({args.resamples} resamples) over the pairs and, "
+        "within each, its seeds; on − off is paired on the same pairs and seeds (**bold**: excludes 0). "
+        "Min similarity: per image, the lower of its two concepts' IA (Attend-and-Excite's measure).\n\n"
+        f"{per_concept_table(results)}\n\n![pairs](multi_grid.png)\n"
     )
 
     def write_report(tmp: Path) -> None:
         tmp.write_text(report)
 
     atomic_write(out / "multi.md", write_report)
-    print(json.dumps(document["settings"], indent=2))
+    print(table(results, statistics))
     print(f"wrote {out / 'multi.json'}, {out / 'multi.md'} and {out / 'multi_grid.png'}")
     return 0

@@ -20,60 +20,102 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from lifelong.bench.sequence import REFERENCE, MethodResult  # noqa: E402
+from lifelong.bench.intervals import (  # noqa: E402
+    BASELINE,
+    FIGURES,
+    PLANNED,
+    MethodStatistics,
+    run_statistics,
+)
+from lifelong.bench.sequence import REFERENCE, MethodResult, finite_or_none  # noqa: E402
 from lifelong.files import atomic_write, write_json  # noqa: E402
-from lifelong.plots import ia_heatmap  # noqa: E402
+from lifelong.plots import forgetting_curves, ia_heatmap  # noqa: E402
+from lifelong.stats import LEVEL, RESAMPLES, SEED, TARGET_HALF_WIDTH, Interval, SampleSize  # noqa: E402
 
 TILE = 96
 LABEL_WIDTH = 150
 HEADER = 16
 
+# (results.json key, title, format); the figures among them are shown with their intervals
 COLUMNS = (
-    ("TA", "TA ↑", "{:.3f}"),
-    ("IA_own", "IA(i,i) ↑", "{:.3f}"),
-    ("IA_final", "IA(i,N) ↑", "{:.3f}"),
-    ("IAD", "IAD ↓", "{:.4f}"),
-    ("TFR", "TFR ↓", "{:.3f}"),
-    ("base_drift", "base drift ↓", "{:.4f}"),
-    ("seconds_per_concept", "s / concept", "{:.1f}"),
-    ("peak_memory_mb", "peak MB", "{:.0f}"),
+    ("TA", "TA ↑", ".3f"),
+    ("IA_own", "IA(i,i) ↑", ".3f"),
+    ("IA_final", "IA(i,N) ↑", ".3f"),
+    ("IAD", "IAD ↓", ".4f"),
+    ("TFR", "TFR ↓", ".3f"),
+    ("base_drift", "base drift ↓", ".4f"),
+    ("seconds_per_concept", "s / concept", ".1f"),
+    ("peak_memory_mb", "peak MB", ".0f"),
 )
+PAIRED = [(key, title.rstrip(" ↑↓"), fmt) for key, title, fmt in COLUMNS if key in FIGURES]
 
 
-def _cell(value: float, fmt: str) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else fmt.format(value)
+def _cell(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else format(value, fmt)
 
 
-def table(results: dict[str, MethodResult]) -> str:
-    """The methods side by side as a markdown table, one row per method."""
+def table(results: dict[str, MethodResult], statistics: dict[str, MethodStatistics]) -> str:
+    """The methods side by side as a markdown table, one row per method; each figure as "value [95 %
+    interval]" when the method kept its samples."""
     lines = [
         "| method | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
         "|---|" + "---:|" * len(COLUMNS),
     ]
     for name, result in results.items():
-        cells = [_cell(getattr(result, key), fmt) for key, _, fmt in COLUMNS]
+        intervals = statistics[name].intervals if name in statistics else {}
+        cells = [
+            intervals[key].format(fmt) if key in intervals else _cell(getattr(result, key), fmt)
+            for key, _, fmt in COLUMNS
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def against_baseline(results: dict[str, MethodResult], baseline: str = "finetune") -> str:
-    """Each method next to the baseline: IAD as a fraction of the baseline's, and differences (method −
-    baseline) in base drift, TA and IA(i,i). Empty when the baseline was not run."""
-    if baseline not in results:
+def paired_table(statistics: dict[str, MethodStatistics], baseline: str = BASELINE) -> str:
+    """Each method minus the baseline on the same concepts, prompts and seeds: the difference [95 %
+    interval], in bold when the interval excludes 0. Empty when the baseline was not run."""
+    rows = {name: stats.paired for name, stats in statistics.items() if stats.paired}
+    if not rows:
         return ""
-    ref = results[baseline]
     lines = [
-        f"| method | IAD / IAD({baseline}) | Δ base drift | Δ TA | Δ IA(i,i) |",
-        "|---|---:|---:|---:|---:|",
+        "| method | " + " | ".join(f"Δ {title}" for _, title, _ in PAIRED) + " |",
+        "|---|" + "---:|" * len(PAIRED),
     ]
-    for name, result in results.items():
-        ratio = result.IAD / ref.IAD if ref.IAD > 0 else math.nan  # a ratio to "no forgetting" means nothing
-        cells = [
-            _cell(ratio, "{:.2f}"),
-            _cell(result.base_drift - ref.base_drift, "{:+.4f}"),
-            _cell(result.TA - ref.TA, "{:+.3f}"),
-            _cell(result.IA_own - ref.IA_own, "{:+.3f}"),
-        ]
+    for name, paired in rows.items():
+        cells = []
+        for key, _, fmt in PAIRED:
+            if key not in paired:
+                cells.append("n/a")
+                continue
+            text = paired[key].difference.format("+" + fmt)
+            cells.append(f"**{text}**" if paired[key].excludes_zero else text)
+        lines.append(f"| {name} − {baseline} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plan_cells(plan: SampleSize | None, interval: Interval | None) -> list[str]:
+    if plan is None or interval is None:
+        return ["n/a", "n/a"]
+    if plan.images_needed is None:
+        needed = f"none with {plan.concepts} concepts (≥ {plan.concepts_needed} concepts at {plan.images})"
+    else:
+        needed = str(plan.images_needed)
+    return [f"± {interval.half_width:.4f}", needed]
+
+
+def plans_table(statistics: dict[str, MethodStatistics]) -> str:
+    """Per method: the half-width of IAD's interval and of the paired differences, and the eval images
+    per concept and checkpoint that would bring each to ± TARGET_HALF_WIDTH."""
+    target = f"images for ± {TARGET_HALF_WIDTH}"
+    lines = [
+        f"| method | IAD now | {target} | Δ IA(i,N) now | {target} | Δ IAD now | {target} |",
+        "|---|" + "---:|" * 6,
+    ]
+    for name, stats in statistics.items():
+        cells = _plan_cells(stats.plans.get("IAD"), stats.intervals.get("IAD"))
+        for key in PLANNED:
+            paired = stats.paired.get(key)
+            cells += _plan_cells(stats.plans.get(f"Δ {key}"), paired.difference if paired else None)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -82,31 +124,45 @@ def _matrix_array(result: MethodResult) -> np.ndarray:
     return np.array([[np.nan if v is None else v for v in row] for row in result.IA_matrix], dtype=float)
 
 
+def _curve_bounds(result: MethodResult, stats: MethodStatistics | None) -> tuple[np.ndarray, np.ndarray]:
+    """IA(i, j)'s interval bounds; the entry itself (no bar) for results without samples."""
+    if stats is None:
+        return _matrix_array(result), _matrix_array(result)
+    low = [[np.nan if cell is None else cell.low for cell in row] for row in stats.curve]
+    high = [[np.nan if cell is None else cell.high for cell in row] for row in stats.curve]
+    return np.array(low, dtype=float), np.array(high, dtype=float)
+
+
 def plot_ia_matrix(path: Path, method: str, result: MethodResult, names: Sequence[str]) -> None:
     _save_figure(ia_heatmap(_matrix_array(result), names, f"IA(i, j): {method}"), path)
 
 
-def plot_forgetting_curves(path: Path, results: dict[str, MethodResult], names: Sequence[str]) -> None:
+def plot_forgetting_curves(
+    path: Path,
+    results: dict[str, MethodResult],
+    statistics: dict[str, MethodStatistics],
+    names: Sequence[str],
+) -> None:
+    """One panel per method: each concept's IA over the sequence with its 95 % interval."""
     count = len(results)
     columns = min(count, 4)
     rows = math.ceil(count / columns)
     figure, grid = plt.subplots(
         rows, columns, figsize=(3.2 * columns, 2.6 * rows), sharey=True, squeeze=False
     )
-    matrices = {name: _matrix_array(result) for name, result in results.items()}
-    finite = np.concatenate([m[np.isfinite(m)] for m in matrices.values()])
+    curves = {
+        name: (_matrix_array(result), *_curve_bounds(result, statistics.get(name)))
+        for name, result in results.items()
+    }
+    finite = np.concatenate([np.concatenate([m[np.isfinite(m)] for m in c]) for c in curves.values()])
     low, high = float(finite.min()), float(finite.max())
     pad = max(0.01, (high - low) * 0.1)
-    n = len(names)
-    for axes, (method, matrix) in zip(grid.flat, matrices.items(), strict=False):
-        for i in range(n):
-            axes.plot(range(i + 1, n + 1), matrix[i, i:], marker="o", markersize=3, label=names[i])
+    for axes, (method, (mean, bottom, top)) in zip(grid.flat, curves.items(), strict=False):
+        forgetting_curves(axes, mean, bottom, top, names)
         axes.set_title(method, fontsize=10)
-        axes.set_xticks(range(1, n + 1))
         axes.set_ylim(low - pad, high + pad)
-        axes.set_xlabel("after concept j", fontsize=8)
     for axes in grid[:, 0]:
-        axes.set_ylabel("IA(i, j)")
+        axes.set_ylabel("IA(i, j), 95 % interval")
     for axes in list(grid.flat)[count:]:
         axes.axis("off")
     grid.flat[0].legend(fontsize=6, loc="lower left")
@@ -145,21 +201,75 @@ def _save_figure(figure: plt.Figure, path: Path) -> None:
     plt.close(figure)
 
 
+def _write_plots(
+    out: Path, results: dict[str, MethodResult], statistics: dict[str, MethodStatistics], names: Sequence[str]
+) -> None:
+    for method, result in results.items():
+        plot_ia_matrix(out / f"ia_matrix_{method}.png", method, result, names)
+    plot_forgetting_curves(out / "forgetting_curves.png", results, statistics, names)
+    if len(names) > 1:
+        grid = before_after_grid(out, results, names)
+        atomic_write(out / "before_after.png", lambda tmp: grid.save(tmp, format="PNG"))
+
+
+def _statistics_lines(
+    results: dict[str, MethodResult],
+    statistics: dict[str, MethodStatistics],
+    names: Sequence[str],
+    resamples: int,
+) -> list[str]:
+    """What the intervals are, the paired comparisons with the baseline and the sample-size plans; nothing
+    for results without samples."""
+    if not statistics:
+        return []
+    lines = [
+        f"[low, high]: 95 % interval, percentile bootstrap ({resamples} resamples, seed {SEED}) over the "
+        "concepts and, within each, its eval images (prompts × seeds); over drift prompts and their seeds for "
+        "base drift (lifelong/stats.py). IAD is taken per image: IA(i,i) − IA(i,N) of the same prompt and "
+        "seed.",
+        "",
+    ]
+    paired = paired_table(statistics)
+    if paired:
+        lines += [
+            f"Paired with `{BASELINE}` (method − {BASELINE}, the same concepts, prompts and seeds drawn for "
+            "both); **bold**: the interval excludes 0.",
+            "",
+            paired,
+            "",
+        ]
+    images = len(results[next(iter(statistics))].IA_images[0][0])
+    return lines + [
+        f"Eval images per concept and checkpoint: {images}; IAD is measured on the {len(names) - 1} "
+        "concept(s) followed by others. *Now*: the half-width of the 95 % interval above; *images for "
+        f"± {TARGET_HALF_WIDTH}*: the eval images per concept and checkpoint that would make it "
+        f"± {TARGET_HALF_WIDTH} with this many concepts, from the measured variance within and between "
+        "concepts (normal approximation, lifelong.stats.sample_size; with one concept the spread between "
+        "concepts is unknown and only the seeds count).",
+        "",
+        plans_table(statistics),
+        "",
+    ]
+
+
 def write_report(
     out: Path,
     document: dict[str, object],
     results: dict[str, MethodResult],
     names: Sequence[str],
     command: str,
+    resamples: int = RESAMPLES,
 ) -> None:
-    """Write results.json, report.md and every plot into ``out``."""
-    write_json(out / "results.json", document)
-    for method, result in results.items():
-        plot_ia_matrix(out / f"ia_matrix_{method}.png", method, result, names)
-    plot_forgetting_curves(out / "forgetting_curves.png", results, names)
-    if len(names) > 1:
-        grid = before_after_grid(out, results, names)
-        atomic_write(out / "before_after.png", lambda tmp: grid.save(tmp, format="PNG"))
+    """Write results.json (``document`` with the statistics added), report.md and every plot into ``out``."""
+    statistics = run_statistics(results, BASELINE, resamples)
+    document = document | {
+        "statistics": {
+            "bootstrap": {"resamples": resamples, "seed": SEED, "level": LEVEL, "baseline": BASELINE},
+            "methods": {name: stats.to_json() for name, stats in statistics.items()},
+        }
+    }
+    write_json(out / "results.json", finite_or_none(document))
+    _write_plots(out, results, statistics, names)
     config: dict = document["config"]  # type: ignore[assignment]
     first_prompts: list[str] = next(iter(document["eval_prompts"].values()))  # type: ignore[attr-defined]
     lines = [
@@ -175,10 +285,11 @@ def write_report(
         f"- eval prompts per concept, e.g. {', '.join(f'`{p}`' for p in first_prompts)}",
         f"- base-drift prompts: {', '.join(f'`{p}`' for p in document['drift_prompts'])}",  # type: ignore[attr-defined]
         "",
-        table(results),
+        table(results, statistics),
         "",
-        against_baseline(results),
-        "",
+    ]
+    lines += _statistics_lines(results, statistics, names, resamples)
+    lines += [
         "TA: text alignment of each concept's images right after learning it (TA at the end of the "
         "sequence is `TA_final` in results.json). IA(i,i): image alignment right after learning concept i; "
         "IA(i,N): after the last concept. IAD = mean over i < N of IA(i,i) − IA(i,N); "

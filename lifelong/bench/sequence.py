@@ -5,6 +5,10 @@ eval images of every concept i ≤ j are generated (fixed prompts, fixed seeds) 
 reference images: that fills column j of the IA matrix. After the last concept, base-model prompts are
 generated again and compared with the base model's images (base drift). Per method the results are also
 written to ``methods/<method>.json`` so an interrupted run can be resumed.
+
+Each figure is also kept per image (``*_images`` fields of :class:`MethodResult`): image k of a concept is
+eval prompt k // images_per_prompt with seed seed + k % images_per_prompt, at every checkpoint and for
+every method, so lifelong.bench.intervals can bootstrap over concepts and seeds and pair methods.
 """
 
 from __future__ import annotations
@@ -38,10 +42,10 @@ from lifelong.metrics import (
     IdentityEncoder,
     alignment_features,
     forgetting,
-    image_alignment,
+    image_alignments,
     image_features,
-    paired_drift,
-    text_alignment,
+    paired_drifts,
+    text_alignments,
     text_features,
 )
 from lifelong.overrides import override
@@ -59,6 +63,8 @@ DRIFT_SCENES = (
 EVAL_COLORS = ("blue", "yellow")
 LEARN_FIELDS = {f.name for f in fields(LearnConfig)} - {"method", "settings", "steps", "seed"}
 REFERENCE = "images/reference/{i}.png"  # concept i's first reference image, for the before/after grid
+# 2: per-image samples in MethodResult. Part of the setup, so --resume never reuses a result without them.
+RESULTS_FORMAT = 2
 
 
 def _article(phrase: str) -> str:
@@ -129,10 +135,16 @@ class MethodResult:
     peak_memory_mb: float  # most memory held above the start while learning (see resources.PeakMemory)
     eval_seconds: float
     images: dict[str, str] = field(default_factory=dict)  # "<i>_after_<j>" -> path relative to --out
+    # per image (see the module docstring); empty in results of format 1, which have no intervals
+    IA_images: list[list[list[float] | None]] = field(default_factory=list)  # [i][j]: IA(i, j)'s images
+    TA_images: list[list[float]] = field(default_factory=list)  # [i]: right after learning concept i
+    TA_final_images: list[list[float]] = field(default_factory=list)  # [i]: after the last concept
+    drift_images: list[list[float]] = field(default_factory=list)  # [drift prompt][seed]: 1 − cosine
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MethodResult:
-        """Read back a saved row; null numbers (undefined, e.g. IAD of one concept) become NaN."""
+        """Read back a saved row (format 1 or 2); null numbers (undefined, e.g. IAD of one concept) become
+        NaN."""
         values: dict[str, Any] = {key: math.nan if value is None else value for key, value in data.items()}
         return cls(**values)
 
@@ -177,19 +189,20 @@ class Evaluator:
 
     def concept(
         self, session: Session, i: int, checkpoint: int, method: str | None
-    ) -> tuple[float, float, Image.Image]:
-        """IA(i, checkpoint) and TA of concept i's eval images, and the first image (first prompt, seed)."""
+    ) -> tuple[list[float], list[float], Image.Image]:
+        """IA(i, checkpoint) and TA of each of concept i's eval images, and the first image (first prompt,
+        first seed)."""
         config = self.generate_config(method)
         images, texts = [], []
         for prompt, ta_text in eval_prompts(self.concepts[i], self.config.colors):
             images += generate(self.base, session, prompt, config, checkpoint)
             texts += [ta_text] * config.num_images
-        ta = text_alignment(
+        ta = text_alignments(
             image_features(self.clip, images),
             self.cache.get(("text", *texts), lambda: text_features(self.clip, texts)),
         )
-        ia = image_alignment(alignment_features(images, self.clip, self.identity), self.references(i))
-        return ia, ta, images[0]
+        ia = image_alignments(alignment_features(images, self.clip, self.identity), self.references(i))
+        return ia.tolist(), ta.tolist(), images[0]
 
     def drift_images(
         self, session: Session, checkpoint: int | None, config: GenerateConfig
@@ -213,8 +226,8 @@ class Evaluator:
         self.concept(session, 0, 1, None)
         shutil.rmtree(root)
 
-    def base_drift(self, session: Session, method: str) -> float:
-        """1 − mean cosine between the base model's and the final model's images, prompt by prompt.
+    def base_drift(self, session: Session, method: str) -> list[list[float]]:
+        """1 − cosine between the base model's and the final model's images, per drift prompt and seed.
 
         The base images use plain settings (no method ran on the base); the final model's use the method's.
         """
@@ -223,7 +236,8 @@ class Evaluator:
             ("base-images",), lambda: image_features(self.clip, self.drift_images(session, 0, plain))
         )
         after = self.drift_images(session, None, self.generate_config(method))
-        return paired_drift(before, image_features(self.clip, after))
+        drifts = paired_drifts(before, image_features(self.clip, after))
+        return drifts.reshape(-1, self.config.images_per_prompt).tolist()
 
 
 def run_method(evaluator: Evaluator, method: str, out: Path, log: Log = print) -> MethodResult:
@@ -234,7 +248,10 @@ def run_method(evaluator: Evaluator, method: str, out: Path, log: Log = print) -
     session = Session.create(root, base.name)
     n = len(concepts)
     matrix: list[list[float | None]] = [[None] * n for _ in range(n)]
-    ta_own, ta_final, seconds, peaks, eval_seconds = [0.0] * n, [0.0] * n, [], [], 0.0
+    samples: list[list[list[float] | None]] = [[None] * n for _ in range(n)]
+    ta_own: list[list[float]] = [[] for _ in range(n)]
+    ta_final: list[list[float]] = [[] for _ in range(n)]
+    seconds, peaks, eval_seconds = [], [], 0.0
     images: dict[str, str] = {}
     for j, concept in enumerate(concepts):
         learn_config = config.learn_config(method)
@@ -246,7 +263,7 @@ def run_method(evaluator: Evaluator, method: str, out: Path, log: Log = print) -
         started = time.perf_counter()
         for i in range(j + 1):
             ia, ta, first = evaluator.concept(session, i, j + 1, method)
-            matrix[i][j] = ia
+            matrix[i][j], samples[i][j] = _mean(ia), ia
             if i == j:
                 ta_own[i] = ta
             if j == n - 1:
@@ -264,29 +281,37 @@ def run_method(evaluator: Evaluator, method: str, out: Path, log: Log = print) -
     eval_seconds += time.perf_counter() - started
     summary = forgetting(matrix)
     return MethodResult(
-        TA=sum(ta_own) / n,
-        TA_final=sum(ta_final) / n,
+        TA=sum(map(_mean, ta_own)) / n,
+        TA_final=sum(map(_mean, ta_final)) / n,
         IA_own=summary.ia_own,
         IA_final=summary.ia_final,
         IAD=summary.iad,
         TFR=summary.tfr,
-        base_drift=drift,
+        base_drift=sum(map(_mean, drift)) / len(drift),
         IA_matrix=matrix,
         seconds_per_concept=sum(seconds) / n,
         peak_memory_mb=max(peaks),
         eval_seconds=eval_seconds,
         images=images,
+        IA_images=samples,
+        TA_images=ta_own,
+        TA_final_images=ta_final,
+        drift_images=drift,
     )
 
 
-def _finite_or_none(value: object) -> object:
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def finite_or_none(value: object) -> object:
     """JSON has no NaN: undefined numbers (IAD of a one-concept run) are written as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, list):
-        return [_finite_or_none(item) for item in value]
+        return [finite_or_none(item) for item in value]
     if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
+        return {key: finite_or_none(item) for key, item in value.items()}
     return value
 
 
@@ -295,6 +320,7 @@ def setup_record(
 ) -> dict[str, object]:
     """Everything fixed before comparing methods; a resumed method must have been run with the same."""
     return {
+        "results_format": RESULTS_FORMAT,
         "config": {k: v for k, v in asdict(config).items() if k != "methods"},
         "model": model,
         "eval_clip": eval_clip,
@@ -336,16 +362,16 @@ def run_sequence(
         saved = out / "methods" / f"{method}.json"
         if resume and saved.exists():
             record = json.loads(saved.read_text())
-            if record.get("setup") == json.loads(json.dumps(_finite_or_none(setup))):
+            if record.get("setup") == json.loads(json.dumps(finite_or_none(setup))):
                 log(f"[{method}] reusing {saved}")
                 results[method] = MethodResult.from_json(record["result"])
                 continue
         results[method] = run_method(evaluator, method, out, log)
-        write_json(saved, _finite_or_none({"setup": setup, "result": asdict(results[method])}))
+        write_json(saved, finite_or_none({"setup": setup, "result": asdict(results[method])}))
     return results
 
 
 def results_json(setup: dict[str, object], results: dict[str, MethodResult]) -> dict[str, object]:
     """The results.json document: the fixed setup, then per method its metrics."""
     document = setup | {"methods": {name: asdict(result) for name, result in results.items()}}
-    return _finite_or_none(document)  # type: ignore[return-value]
+    return finite_or_none(document)  # type: ignore[return-value]
