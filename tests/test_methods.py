@@ -81,8 +81,9 @@ def live_step(base, session, seed: int = 0):
             zeros = latents.new_zeros(())
             encode = lambda prompts: encode_text(base, prompts)  # noqa: E731
             return StepContext(
-                base, session, trainset, step, latents, latents, zeros, zeros, zeros, generator, encode
-            )
+                base=base, session=session, trainset=trainset, step=step, latents=latents, noise=latents,
+                timesteps=zeros, generator=generator, encode=encode,
+            )  # fmt: skip
 
         yield trainset, make
 
