@@ -168,7 +168,8 @@ class BaseModel:
         )
 
 
-def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``BaseConfig.dtype`` on ``device``."""
     if name == "auto":
         if device.type != "cuda":
             return torch.float32
@@ -182,7 +183,7 @@ def load_base(config: BaseConfig | str | None = None) -> BaseModel:
     config = BaseConfig(model=config) if isinstance(config, str) else config or BaseConfig()
     model = config.model or default_model()
     device = torch.device(config.device) if config.device else PartialState().device
-    dtype = _resolve_dtype(config.dtype, device)
+    dtype = resolve_dtype(config.dtype, device)
     pipe = StableDiffusionPipeline.from_pretrained(
         model, dtype=dtype, safety_checker=None, requires_safety_checker=False
     )
