@@ -17,6 +17,7 @@ import math
 import resource
 import time
 import zipfile
+from dataclasses import replace
 
 import pytest
 import torch
@@ -33,13 +34,13 @@ from lifelong.service import Studio
 pytestmark = pytest.mark.slow
 
 USER = "alice"
-STEPS = {"steps": 2, "batch_size": 1, "augment": False}
+TWO_STEPS = LearnConfig(steps=2, batch_size=1, augment=False)
 # (name, class word, config): the class words are words of the random tokenizer's synthetic vocabulary
 CONCEPTS = [
     # the teacher pass and its pseudo-samples at full size: one sample keeps its 20-step walk short
-    ("rex", "w12", LearnConfig(method="dfkd", settings={"dfkd_samples": 1, "dfkd_batch": 1}, **STEPS)),
-    ("mug", "w40", LearnConfig(method="finetune", **STEPS)),
-    ("cup", "w41", LearnConfig(method="c-lora", **STEPS)),
+    ("rex", "w12", replace(TWO_STEPS, method="dfkd", settings={"dfkd_samples": 1, "dfkd_batch": 1})),
+    ("mug", "w40", replace(TWO_STEPS, method="finetune")),
+    ("cup", "w41", replace(TWO_STEPS, method="c-lora")),
 ]
 PEAK_RSS_LIMIT_GB = 16.0  # a 24 GB machine, with room for what else runs on it
 

@@ -43,7 +43,7 @@ PACKAGES = ("torch", "diffusers", "transformers", "peft", "accelerate", "tokeniz
 
 
 def environment(base: BaseModel) -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)
