@@ -76,7 +76,13 @@ def _sync(base: BaseModel) -> None:
 
 
 def _measure(base: BaseModel, work: Callable[[], object]) -> float:
-    with PeakMemory(base.device, interval=0.005) as peak:
+    # bf16 weights on a CPU run under bf16 autocast, as learning runs on CUDA (the accelerator's autocast
+    # is a no-op on CPUs): autocast keeps some intermediates in fp32, which a GPU holds too
+    cpu_bf16 = base.device.type == "cpu" and base.dtype == torch.bfloat16
+    with (
+        PeakMemory(base.device, interval=0.005) as peak,
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16),
+    ):
         work()
         _sync(base)
     return round(peak.peak_mb / 1024, 3)
