@@ -17,6 +17,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -100,28 +101,21 @@ def measure(base: BaseModel, method: str, learn_steps: int = 0) -> MemoryReport:
     config = LearnConfig(method=method)
     chosen = get_method(method)
     settings = chosen.resolve({})
-    kind = config.params or chosen.trainable_kind
     distil = int(settings.get("dfkd_batch", 0)) if "dfkd" in chosen.components else 0
-    pseudo = int(settings.get("dfkd_samples", 0)) if distil else 0
-    unet = base.pipe.unet
-    weights = {
-        name: _gb(sum(p.numel() * p.element_size() for p in module.parameters()))
-        for name, module in (("unet", unet), ("vae", base.pipe.vae), ("text_encoder", base.pipe.text_encoder))
-    }
-    rows = config.batch_size + distil
-    side = int(unet.config.sample_size)
-    channels = int(unet.config.in_channels)
+    modules = (("unet", base.pipe.unet), ("vae", base.pipe.vae), ("text_encoder", base.pipe.text_encoder))
     report = MemoryReport(
         model=base.name,
         device=str(base.device),
         dtype=str(base.dtype).removeprefix("torch."),
         resolution=base.resolution,
         method=method,
-        kind=kind,
-        batch=rows,
+        kind=config.params or chosen.trainable_kind,
+        batch=config.batch_size + distil,
         teacher_batch=distil,
-        pseudo_batch=pseudo,
-        weights_gb=weights,
+        pseudo_batch=int(settings.get("dfkd_samples", 0)) if distil else 0,
+        weights_gb={
+            name: _gb(sum(p.numel() * p.element_size() for p in m.parameters())) for name, m in modules
+        },
         trainable_params=0,
         optimizer_gb=0.0,
         learn_steps=learn_steps,
@@ -130,26 +124,50 @@ def measure(base: BaseModel, method: str, learn_steps: int = 0) -> MemoryReport:
     report.phases.append(
         Phase("VAE encode, 16 views", _measure(base, lambda: encode_images(base, views)), "no grad")
     )
+    learning_phases(base, config, report)
+    latents = torch.randn(1, *_latent_shape(base), device=base.device)
+    report.phases.append(
+        Phase("VAE decode, 1 image", _measure(base, lambda: decode(base, latents)), "generation")
+    )
+    if learn_steps:
+        with tempfile.TemporaryDirectory(prefix="lifelong-memory-") as tmp:
+            session = Session.create(Path(tmp) / "session", base.name)
+            images = _images(base, 4)
+            whole = LearnConfig(method=method, steps=learn_steps)
+            report.learn_peak_gb = _measure(base, lambda: learn(base, session, images, "rex", "", whole))
+    return report
+
+
+def _latent_shape(base: BaseModel) -> tuple[int, int, int]:
+    unet = base.pipe.unet
+    side = int(unet.config.sample_size)
+    return int(unet.config.in_channels), side, side
+
+
+def learning_phases(base: BaseModel, config: LearnConfig, report: MemoryReport) -> None:
+    """The trainable set and its optimizer state, then the learner's step (with and without gradient
+    checkpointing) and the teacher's passes, on the report's batch sizes; fills ``report``."""
+    unet, shape, rows = base.pipe.unet, _latent_shape(base), report.batch
     with tempfile.TemporaryDirectory(prefix="lifelong-memory-") as tmp:
         session = Session.create(Path(tmp) / "session", base.name)
         init = torch.zeros(base.pipe.text_encoder.get_input_embeddings().embedding_dim)
         ids_all = tokenize(base, ["a <|slot0|> object"])
         with torch.no_grad():
             prompt = base.pipe.text_encoder(ids_all)[0]
-        with trainable(base, kind, base.slot_token_ids[0], init, config.lora_rank, config.seed) as trainset:
+        with trainable(base, report.kind, base.slot_token_ids[0], init, config.lora_rank) as trainset:
             optimizer = make_optimizer(trainset, config)
             parameters = [*trainset.weight_parameters(), trainset.embedding]
             report.trainable_params = sum(p.numel() for p in parameters)
 
             def step(batch: int) -> None:
                 generator = torch.Generator(device=base.device).manual_seed(0)
-                latents = torch.randn(batch, channels, side, side, device=base.device)
-                ids = ids_all.expand(batch, -1)
+                latents = torch.randn(batch, *shape, device=base.device)
                 step_config = LearnConfig(method="finetune", batch_size=batch)
+                ids = ids_all.expand(batch, -1)
                 training_step(base, session, trainset, 1, latents, ids, generator, step_config, [])
 
             def teacher(batch: int) -> None:
-                noisy = torch.randn(batch, channels, side, side, device=base.device, dtype=base.dtype)
+                noisy = torch.randn(batch, *shape, device=base.device, dtype=base.dtype)
                 steps = torch.full((batch,), 500, device=base.device)
                 with torch.no_grad(), trainset.disabled(), base.accelerator.autocast():
                     unet(noisy, steps, prompt.expand(batch, -1, -1))
@@ -161,49 +179,29 @@ def measure(base: BaseModel, method: str, learn_steps: int = 0) -> MemoryReport:
             report.optimizer_gb = _gb(sum(t.numel() * t.element_size() for t in held))
             unet.enable_gradient_checkpointing()
             try:
-                report.phases.append(
-                    Phase(
-                        f"step, checkpointing, batch {rows}",
-                        _measure(base, lambda: step(rows)),
-                        "student forward and backward over the concept's batch and the distillation's rows",
-                    )
-                )
+                checkpointed = _measure(base, lambda: step(rows))
             finally:
                 unet.disable_gradient_checkpointing()
             one = _measure(base, lambda: step(1))
-            report.phases.append(
+            report.phases += [
+                Phase(
+                    f"step, checkpointing, batch {rows}",
+                    checkpointed,
+                    "student forward and backward over the concept's batch and the distillation's rows",
+                ),
                 Phase(
                     f"step, no checkpointing, batch {rows}",
                     round(one * rows, 3),
                     f"measured at batch 1 ({one:.2f} GB) × {rows}: activations grow with the batch",
-                )
-            )
-            if distil:
-                report.phases.append(
-                    Phase(
-                        f"teacher pass, batch {distil}",
-                        _measure(base, lambda: teacher(distil)),
-                        "no grad; runs while the step's student graph is held: add it to the step",
-                    )
-                )
-                report.phases.append(
-                    Phase(
-                        f"teacher pseudo-samples, batch {pseudo}",
-                        _measure(base, lambda: teacher(pseudo)),
-                        "no grad; one of the 20 sampler steps, once per concept",
-                    )
-                )
-    latents = torch.randn(1, channels, side, side, device=base.device)
-    report.phases.append(
-        Phase("VAE decode, 1 image", _measure(base, lambda: decode(base, latents)), "generation")
-    )
-    if learn_steps:
-        with tempfile.TemporaryDirectory(prefix="lifelong-memory-") as tmp:
-            session = Session.create(Path(tmp) / "session", base.name)
-            images = _images(base, 4)
-            whole = LearnConfig(method=method, steps=learn_steps)
-            report.learn_peak_gb = _measure(base, lambda: learn(base, session, images, "rex", "", whole))
-    return report
+                ),
+            ]
+            for batch, name, note in (
+                (report.teacher_batch, "teacher pass", "no grad; while the step's student graph is held"),
+                (report.pseudo_batch, "teacher pseudo-samples", "no grad; one of 20 sampler steps, once"),
+            ):
+                if batch:
+                    measured = _measure(base, partial(teacher, batch))
+                    report.phases.append(Phase(f"{name}, batch {batch}", measured, note))
 
 
 def table(report: MemoryReport, budget_gb: float) -> str:
