@@ -185,6 +185,7 @@ class TrainableSet:
     token_id: int
     embedding: nn.Parameter
     _enabled: bool = True
+    _layers: list[Any] = field(default_factory=list)  # the peft LoRA layers (not kind "kv")
 
     def weight_parameters(self) -> list[nn.Parameter]:
         unet = self.base.pipe.unet
@@ -223,10 +224,10 @@ class TrainableSet:
         if self.kind == "kv":
             for name in self.modules:
                 _add_delta(unet, name).enabled = on
-        elif on:
-            unet.enable_adapters()
-        else:
-            unet.disable_adapters()
+        else:  # the LoRA layers, found once: unet.enable_adapters() walks every module of the UNet
+            self._layers = self._layers or [unet.get_submodule(name) for name in self.modules]
+            for layer in self._layers:
+                layer.enable_adapters(on)
 
     def extract(self) -> ConceptDelta:
         """Detach the learned increments to CPU float32 tensors."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
@@ -80,12 +80,19 @@ def slot_token(slot: int) -> str:
 class BaseConfig:
     model: str = ""  # hub id or local folder; "" means default_model()
     device: str = ""  # "" picks the accelerator accelerate finds, else the CPU
-    dtype: str = "auto"  # "auto": float16 on CUDA, float32 elsewhere; or float32/float16/bfloat16
+    # "auto": bfloat16 on CUDA devices that have it (else float16), float32 elsewhere; or a dtype's name.
+    # bf16 weights, because training autocasts to bf16: float16 weights would be cast again in every op
+    dtype: str = "auto"
     concept_slots: int = 32  # how many concepts one session can hold
     # torch.compile the UNet for plain sampling: a one-off compile (~50 s per batch shape on a 2-core CPU,
     # seconds once cached; generate.warm_up does it ahead), then ~25 % faster images.
     # None: $LIFELONG_COMPILE ("1" or "0") when set, else on for CPUs, where it was measured to pay
     compile: bool | None = None
+    # recompute each UNet block's activations in the backward pass instead of keeping them (diffusers'
+    # gradient checkpointing, training only): SD-1.5 at 512 px then learns with dfkd in a fraction of the
+    # memory (docs/BENCHMARKS.md, "Memory at 512 px") for ~30 % more compute. None: on CUDA devices, where
+    # memory is what runs out; the CPU has the RAM and the time is short
+    gradient_checkpointing: bool | None = None
 
 
 @dataclass
@@ -139,6 +146,12 @@ class BaseModel:
             self.compiled_unet = cast(torch.nn.Module, torch.compile(self.pipe.unet))
         return self.compiled_unet
 
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether learning recomputes UNet activations in the backward pass (``BaseConfig``)."""
+        chosen = self.config.gradient_checkpointing
+        return self.device.type == "cuda" if chosen is None else chosen
+
     def sampling_scheduler(self) -> SchedulerMixin:
         """A fresh sampler for one generation (schedulers keep per-run state, so never share one between
         calls): the base's own when it ships one of SHIPPED_SAMPLERS, else DDIM (see SHIPPED_SAMPLERS)."""
@@ -155,9 +168,12 @@ class BaseModel:
         )
 
 
-def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``BaseConfig.dtype`` on ``device``."""
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
@@ -167,12 +183,12 @@ def load_base(config: BaseConfig | str | None = None) -> BaseModel:
     config = BaseConfig(model=config) if isinstance(config, str) else config or BaseConfig()
     model = config.model or default_model()
     device = torch.device(config.device) if config.device else PartialState().device
-    dtype = _resolve_dtype(config.dtype, device)
+    dtype = resolve_dtype(config.dtype, device)
     pipe = StableDiffusionPipeline.from_pretrained(
         model, dtype=dtype, safety_checker=None, requires_safety_checker=False
     )
     compile_unet = config.compile if config.compile is not None else compile_default(device)
-    resolved = BaseConfig(model, str(device), config.dtype, config.concept_slots, compile_unet)
+    resolved = replace(config, model=model, device=str(device), compile=compile_unet)
     return prepare_base(pipe, resolved, device)
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from lifelong.adapters import ConceptDelta, ModelState, TrainableSet, token_embedding, trainable, use_state
@@ -33,11 +35,14 @@ from lifelong.prompts import check_captions, fill_template
 from lifelong.settings import Value
 from lifelong.step import (
     AfterLearnContext,
+    BatchedRegularizer,
     BuildContext,
-    DiffusionLoss,
     Regularizer,
+    Rows,
     StepContext,
     diffusion_loss,
+    noise_latents,
+    prediction_target,
 )
 
 __all__ = ["LearnConfig", "LearnResult", "concept_loss", "learn", "learn_folder"]
@@ -152,19 +157,20 @@ def make_optimizer(trainset: TrainableSet, config: LearnConfig) -> torch.optim.O
     )
 
 
-def batch_loss(
-    base: BaseModel, latents: torch.Tensor, ids: torch.Tensor, generator: torch.Generator
-) -> tuple[DiffusionLoss, torch.Tensor]:
-    """The concept's diffusion loss on one batch (``ids``: one training prompt per row), and the prompts'
-    text states (encoded with grad: the token embedding trains)."""
-    encoded: list[torch.Tensor] = []
-
-    def predict(noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        with base.accelerator.autocast():
-            encoded.append(base.pipe.text_encoder(ids)[0])
-            return base.pipe.unet(noisy, timesteps, encoded[0]).sample.float()
-
-    return diffusion_loss(base, latents, generator, predict), encoded[0]
+def student_forward(
+    base: BaseModel, noisy: torch.Tensor, timesteps: torch.Tensor, ids: torch.Tensor, rows: Sequence[Rows]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step's one student pass: the batch's prompts (``ids``, encoded with grad: the token embedding
+    trains) and the UNet on the batch and the regularisers' ``rows`` together. Returns the text states and
+    the UNet's output, the batch's rows first."""
+    with base.accelerator.autocast():
+        states = base.pipe.text_encoder(ids)[0]
+        output = base.pipe.unet(
+            torch.cat([noisy, *(r.noisy for r in rows)]),
+            torch.cat([timesteps, *(r.timesteps for r in rows)]),
+            torch.cat([states, *(r.embeddings.to(states.dtype) for r in rows)]),
+        ).sample.float()
+    return states, output
 
 
 def training_step(
@@ -178,26 +184,51 @@ def training_step(
     config: LearnConfig,
     regularizers: Sequence[Regularizer],
 ) -> float:
-    """One optimiser step's gradients (over ``gradient_accumulation`` batches); returns the step's loss."""
+    """One optimiser step's gradients (over ``gradient_accumulation`` batches); returns the step's loss.
+
+    Draws in the order the terms were computed one by one before their student passes were batched: the
+    batch, its noise and timesteps, then each batched regulariser's rows."""
     accumulate = max(1, config.gradient_accumulation)
+    batched = [r for r in regularizers if isinstance(r, BatchedRegularizer)]
     step_loss = 0.0
     for _ in range(accumulate):
         pick = torch.randint(
             0, len(latents_all), (config.batch_size,), generator=generator, device=base.device
         )
         latents = latents_all[pick]
-        main, embeddings = batch_loss(base, latents, ids_all[pick], generator)
+        noisy, noise, timesteps = noise_latents(base, latents, generator)
         encode = lambda prompts: encode_text(base, prompts)  # noqa: E731
         ctx = StepContext(
-            base, session, trainset, step, latents, main.noise, main.timesteps, embeddings,
-            main.prediction, generator, encode,
+            base=base, session=session, trainset=trainset, step=step, latents=latents, noise=noise,
+            timesteps=timesteps, generator=generator, encode=encode,
         )  # fmt: skip
-        loss = main.loss
+        rows = {r.name: r.rows(ctx) for r in batched}
+        extra = [r for r in rows.values() if r is not None]
+        ctx.text_embeddings, output = student_forward(base, noisy, timesteps, ids_all[pick], extra)
+        ctx.prediction, start = output[: len(latents)], len(latents)
+        for name, own in rows.items():
+            ctx.student_rows[name] = None if own is None else (own, output[start : start + len(own.noisy)])
+            start += 0 if own is None else len(own.noisy)
+        loss = F.mse_loss(ctx.prediction, prediction_target(base, latents, noise, timesteps))
         for regularizer in regularizers:
             loss = loss + regularizer.loss(ctx)
         base.accelerator.backward(loss / accumulate)
         step_loss += loss.item() / accumulate
     return step_loss
+
+
+@contextmanager
+def checkpointing(base: BaseModel) -> Iterator[None]:
+    """Gradient checkpointing on the UNet for the block, when the base asks for it; off afterwards, so
+    attention guidance (which captures maps in the forward pass) never sees a recomputed one."""
+    if not base.gradient_checkpointing:
+        yield
+        return
+    base.pipe.unet.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        base.pipe.unet.disable_gradient_checkpointing()
 
 
 def train(
@@ -219,7 +250,10 @@ def train(
         latents_all, ids_all = prepare_latents(base, plan, config)
         token_id = base.slot_token_ids[plan.slot]
         kind = config.params or plan.method.trainable_kind
-        with trainable(base, kind, token_id, init, config.lora_rank, config.seed) as trainset:
+        with (
+            trainable(base, kind, token_id, init, config.lora_rank, config.seed) as trainset,
+            checkpointing(base),
+        ):
             optimizer = make_optimizer(trainset, config)
             for step in range(1, config.steps + 1):
                 if cancel is not None and cancel.is_set():

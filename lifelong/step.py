@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +63,24 @@ class AfterLearnContext:
 
 
 @dataclass
+class Rows:
+    """Inputs a regulariser adds to the step's one student forward: the UNet then runs once per step on the
+    concept's batch and these rows together, instead of once more for the regulariser (one call at batch
+    b + r costs less than two, and the weights are read once)."""
+
+    noisy: torch.Tensor  # noised latents in the base's dtype
+    timesteps: torch.Tensor
+    embeddings: torch.Tensor
+
+
+@dataclass(kw_only=True)
 class StepContext:
-    """What a regulariser sees at one training step."""
+    """What a regulariser sees at one training step.
+
+    ``rows`` first (before the step's student forward, after the batch's noise and timesteps were drawn),
+    then ``loss`` (after it: ``text_embeddings`` and ``prediction`` are set, and ``student_rows`` holds each
+    batched regulariser's rows with the student's output on them, or None when it added none this step).
+    """
 
     base: BaseModel
     session: Session
@@ -73,10 +89,11 @@ class StepContext:
     latents: torch.Tensor
     noise: torch.Tensor
     timesteps: torch.Tensor
-    text_embeddings: torch.Tensor
-    prediction: torch.Tensor
     generator: torch.Generator
     encode: Callable[[list[str]], torch.Tensor]
+    text_embeddings: torch.Tensor | None = None
+    prediction: torch.Tensor | None = None
+    student_rows: dict[str, tuple[Rows, torch.Tensor] | None] = field(default_factory=dict)
 
     def teacher(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         """Noise prediction of the state this concept is learned on top of (the previous checkpoint)."""
@@ -111,6 +128,15 @@ class Regularizer(Protocol):
     def loss(self, ctx: StepContext) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class BatchedRegularizer(Regularizer, Protocol):
+    """A regulariser whose student pass joins the step's one student forward: ``rows`` draws its inputs
+    (or returns None on a step without a term), ``loss`` reads the student's output on them from
+    ``ctx.student_rows`` and runs the student itself only when called outside the learner's step."""
+
+    def rows(self, ctx: StepContext) -> Rows | None: ...
+
+
 def prediction_target(
     base: BaseModel, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
 ) -> torch.Tensor:
@@ -129,6 +155,15 @@ def draw_noise(
     steps = base.train_scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, steps, (shape[0],), generator=generator, device=generator.device)
     return noise.to(device), timesteps.to(device)
+
+
+def noise_latents(
+    base: BaseModel, latents: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x_t in the base's dtype, with the ε and t drawn for it (``draw_noise``)."""
+    noise, timesteps = draw_noise(base, latents.shape, generator, latents.device)
+    noisy = base.train_scheduler.add_noise(latents, noise, timesteps).to(base.dtype)
+    return noisy, noise, timesteps
 
 
 @dataclass
@@ -150,8 +185,7 @@ def diffusion_loss(
     """Noise ``latents`` at random timesteps and compare ``predict``'s output with the target (ε or v), or
     with ``teacher``'s output on the same input (distillation). ``predict`` gets the noised latents in the
     base's dtype and the timesteps; ``per_sample`` keeps one mean squared error per row."""
-    noise, timesteps = draw_noise(base, latents.shape, generator, latents.device)
-    noisy = base.train_scheduler.add_noise(latents, noise, timesteps).to(base.dtype)
+    noisy, noise, timesteps = noise_latents(base, latents, generator)
     prediction = predict(noisy, timesteps)
     target = teacher(noisy, timesteps) if teacher is not None else None
     if target is None:

@@ -81,8 +81,9 @@ def live_step(base, session, seed: int = 0):
             zeros = latents.new_zeros(())
             encode = lambda prompts: encode_text(base, prompts)  # noqa: E731
             return StepContext(
-                base, session, trainset, step, latents, latents, zeros, zeros, zeros, generator, encode
-            )
+                base=base, session=session, trainset=trainset, step=step, latents=latents, noise=latents,
+                timesteps=zeros, generator=generator, encode=encode,
+            )  # fmt: skip
 
         yield trainset, make
 
@@ -326,6 +327,14 @@ def test_clora_trains_lora_with_the_penalty_after_the_first_concept(tiny_base, t
     assert set(clora.build(build_context(tiny_base, session, "c-lora")).earlier) == set(
         session.checkpoint(1)[0].modules()
     )
+
+
+def test_clora_after_a_concept_with_lora_on_every_attention_projection(tiny_base, tmp_path):
+    """dfkd's concept changed projections a K/V LoRA does not train (their ΔW is 0: no overlap term)."""
+    session = learn_sequence(tiny_base, tmp_path / "s", "dfkd", count=1)
+    config = LearnConfig(method="c-lora", steps=2, batch_size=2)
+    result = learn(tiny_base, session, pattern_images(seed=1), "tom", "cat", config)
+    assert session.checkpoint(2)[0].kind == "lora" and np.isfinite(result.losses).all()
 
 
 def test_prior_class_images_come_from_the_base_and_are_cached(tiny_base, tmp_path):

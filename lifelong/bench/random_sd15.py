@@ -6,10 +6,14 @@ over a synthetic vocabulary of CLIP's size (49,408), since CLIP's BPE vocabulary
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+from lifelong.base import BaseConfig, BaseModel, prepare_base, resolve_dtype
 
 VOCAB = 49408
 MAX_LENGTH = 77
@@ -77,3 +81,11 @@ def random_sd15(seed: int = 0, dtype: torch.dtype = torch.float32) -> StableDiff
         requires_safety_checker=False,
     )
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
+def random_sd15_base(config: BaseConfig | None = None) -> BaseModel:
+    """That pipeline as a base, on ``config``'s device (default: CUDA if there is one) and dtype."""
+    config = config or BaseConfig()
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe = random_sd15(dtype=resolve_dtype(config.dtype, device))
+    return prepare_base(pipe, replace(config, model="random-sd15", device=str(device)), device)

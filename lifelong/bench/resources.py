@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import resource
 import threading
@@ -10,6 +12,20 @@ from types import TracebackType
 import torch
 
 _STATM = "/proc/self/statm"
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def return_freed_memory(threshold: int = 64 * 1024) -> bool:
+    """Have glibc serve every allocation above ``threshold`` bytes by its own mapping, handed back to the
+    system when freed (``mallopt(M_MMAP_THRESHOLD)``; a fixed value also stops glibc raising it as it does
+    after each large free). Without it the resident set keeps freed blocks for reuse, and PeakMemory on a
+    CPU reads about 0 for any block of work smaller than one before it. Returns whether it took effect
+    (False off glibc)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    return bool(getattr(libc, "mallopt", lambda *_: 0)(_M_MMAP_THRESHOLD, threshold))
 
 
 def resident_bytes() -> int:

@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 from lifelong.adapters import KINDS, compose, trainable, use_state
-from lifelong.base import REPO_ROOT, BaseConfig, BaseModel, load_base, prepare_base
-from lifelong.bench.random_sd15 import random_sd15
+from lifelong.base import REPO_ROOT, BaseConfig, BaseModel, load_base
+from lifelong.bench.random_sd15 import random_sd15_base
 from lifelong.bench.resources import PeakMemory
 from lifelong.concepts import Session, save_checkpoint
 from lifelong.generate import GenerateConfig, generate
@@ -199,12 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     skipped = sorted(set(args.methods.split(",")) - set(methods))
     if skipped:
         print(f"not known here, skipped: {', '.join(skipped)}")
-    if args.random_sd15:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-        base = prepare_base(random_sd15(dtype=dtype), BaseConfig(model="random-sd15"), device)
-    else:
-        base = load_base(BaseConfig(model=args.model, device=args.device))
+    config = BaseConfig(model=args.model, device=args.device)
+    base = random_sd15_base(config) if args.random_sd15 else load_base(config)
     if args.size_only:
         results = size_only(base)
         print(json.dumps(results, indent=2))

@@ -29,8 +29,12 @@ class OverlapPenalty:
 
     def loss(self, ctx: StepContext) -> torch.Tensor:
         total = ctx.latents.new_zeros(())
+        trained = set(ctx.trainset.modules)
         for module, previous in self.earlier.items():
-            total = total + ((previous * ctx.trainset.live_dense(module)) ** 2).mean()
+            # a module this set does not train has ΔW_m = 0: no overlap (an earlier concept trained with
+            # LoRA on every attention projection, e.g. by dfkd, changed modules a K/V LoRA leaves alone)
+            if module in trained:
+                total = total + ((previous * ctx.trainset.live_dense(module)) ** 2).mean()
         return self.weight * total
 
 

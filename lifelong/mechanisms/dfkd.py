@@ -25,7 +25,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from lifelong.errors import InvalidSettingError
 from lifelong.settings import Setting
-from lifelong.step import BuildContext, StepContext, draw_noise
+from lifelong.step import BuildContext, Rows, StepContext, draw_noise, noise_latents
 
 GENERIC_PROMPTS = ("a photo", "a picture of an object", "an animal", "a landscape", "a painting")
 SOURCES = ("concepts", "classes", "generic", "empty")
@@ -74,16 +74,19 @@ class DataFreeDistillation:
         self._embeddings: torch.Tensor | None = None
         self._pseudo: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def loss(self, ctx: StepContext) -> torch.Tensor:
+    def rows(self, ctx: StepContext) -> Rows | None:
+        """This step's distillation inputs (None on steps without the term); the student's pass on them
+        joins the learner's one student forward."""
         if ctx.step % self.every:
-            return ctx.latents.new_zeros(())
+            return None
         if self._embeddings is None:  # the pool never holds the new token, so its encodings are fixed
             with torch.no_grad():
                 self._embeddings = ctx.encode(self.pool)
         if self.samples > 0 and not self.sampler_steps:
             latents, embeddings = self._pseudo_samples(ctx)
             pick = self._pick(ctx, len(embeddings))
-            return self.weight * ctx.loss(latents[pick], embeddings[pick], distil=True)
+            noisy, _, timesteps = noise_latents(ctx.base, latents[pick], ctx.generator)
+            return Rows(noisy, timesteps, embeddings[pick])
         embeddings = self._embeddings[self._pick(ctx, len(self._embeddings))]
         shape = (self.batch, *ctx.latents.shape[1:])
         noise, timesteps = draw_noise(ctx.base, shape, ctx.generator, ctx.latents.device)
@@ -91,9 +94,21 @@ class DataFreeDistillation:
             noisy, timesteps = self._teacher_walk(ctx, noise, embeddings)
         else:
             noisy = noise
-        noisy = noisy.to(ctx.base.dtype)
-        student = ctx.student(noisy, timesteps, embeddings)
-        return self.weight * F.mse_loss(student, ctx.teacher(noisy, timesteps, embeddings))
+        return Rows(noisy.to(ctx.base.dtype), timesteps, embeddings)
+
+    def loss(self, ctx: StepContext) -> torch.Tensor:
+        if self.name in ctx.student_rows:  # batched into the learner's student forward
+            batched = ctx.student_rows[self.name]
+            if batched is None:
+                return ctx.latents.new_zeros(())
+            rows, student = batched
+        else:
+            own = self.rows(ctx)
+            if own is None:
+                return ctx.latents.new_zeros(())
+            rows, student = own, ctx.student(own.noisy, own.timesteps, own.embeddings)
+        teacher = ctx.teacher(rows.noisy, rows.timesteps, rows.embeddings)
+        return self.weight * F.mse_loss(student, teacher)
 
     def _pick(self, ctx: StepContext, count: int) -> torch.Tensor:
         return torch.randint(0, count, (self.batch,), generator=ctx.generator, device=ctx.latents.device)
