@@ -4,9 +4,9 @@
 # continued on the new VAE's latents, half of its scenes from that broad pool. About 8 minutes in one call on
 # an H200 (render ~1 min, VAE $VAE_S s, UNet $UNET_S s); back come the two swapped folders of the pipeline.
 #
-#   bash scripts/world_gpu.sh --prepare    # here, once: diffusers' wheel into .whl/, the emoji font into .font/
+#   bash scripts/world_gpu.sh --prepare    # here, once: the wheels (scripts/gpu_check.sh's), the font into .font/
 #   bash scripts/world_gpu.sh --dry-run    # here: the whole path on the CPU at toy sizes (~2 min)
-#   device run: command "bash scripts/world_gpu.sh", carry [".whl", ".font"], timeout_s 600
+#   device run: command "bash scripts/world_gpu.sh", carry ["wheels", ".font"], timeout_s 600
 #   then here:  cp -r <files_at>/vae <files_at>/unet runs/world-gpu/  and  python -m lifelong.world.evaluate …
 #
 # On the device machine PyTorch, transformers, safetensors and Pillow are installed; diffusers is not.
@@ -14,13 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--prepare" ]; then
-  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
-  grep -qx '/.font/' .git/info/exclude 2>/dev/null || echo '/.font/' >> .git/info/exclude
-  version=$(python -c "import diffusers; print(diffusers.__version__)")
-  python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux2014_x86_64 --platform any -d .whl "diffusers==$version"
+  bash scripts/gpu_check.sh --download
   mkdir -p .font && cp /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf .font/
-  du -sh .whl .font
+  du -sh wheels .font
   exit 0
 fi
 
@@ -28,8 +24,8 @@ if [ "${1:-}" = "--dry-run" ]; then
   DEVICE=cpu N=512 WORKERS=2 BATCH=8 VAE_S=10 UNET_S=10 WORK=runs/world-gpu-dry OUT=runs/world-gpu-dry/out
 else
   DEVICE=cuda N=${N:-200000} WORKERS=$(nproc) BATCH=256 VAE_S=${VAE_S:-120} UNET_S=${UNET_S:-270} WORK=/tmp/world
-  if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  if ! python3 -c "import diffusers" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site wheels/*.whl
     export PYTHONPATH=/tmp/site
   fi
   [ -e .font/NotoColorEmoji.ttf ] && export LIFELONG_EMOJI_FONT="$PWD/.font/NotoColorEmoji.ttf"
