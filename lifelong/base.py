@@ -89,9 +89,10 @@ class BaseConfig:
     # None: $LIFELONG_COMPILE ("1" or "0") when set, else on for CPUs, where it was measured to pay
     compile: bool | None = None
     # recompute each UNet block's activations in the backward pass instead of keeping them (diffusers'
-    # gradient checkpointing, training only): SD-1.5 at 512 px then learns with dfkd in a fraction of the
-    # memory (docs/BENCHMARKS.md, "Memory at 512 px") for ~30 % more compute. None: on CUDA devices, where
-    # memory is what runs out; the CPU has the RAM and the time is short
+    # gradient checkpointing, learning only), for one more forward pass per training row: SD-1.5 at 512 px
+    # holds 0.25 instead of 0.88 GB per row (docs/BENCHMARKS.md, "Memory at 512 px"), so every batch
+    # LearnConfig allows (up to 64) fits an A10G. None: on CUDA devices, where memory is what runs out; a
+    # CPU has the RAM and not the time
     gradient_checkpointing: bool | None = None
 
 
