@@ -25,7 +25,6 @@ from lifelong.bench.sequence import (
     run_sequence,
     setup_record,
 )
-from lifelong.configs import DEFAULT_METHOD
 from lifelong.errors import InvalidSettingError
 from lifelong.folders import FolderConcept, load_concepts
 from lifelong.methods import get_method
@@ -201,7 +200,7 @@ def test_overrides_reach_every_method_or_only_the_methods_that_have_the_setting(
 
 def test_quick_defaults_and_explicit_options_win():
     config, count = sequence_settings(build_parser().parse_args(["--quick", "--out", "x"]))
-    assert (count, config.methods, config.steps) == (6, ("finetune", DEFAULT_METHOD), 200)
+    assert (count, config.methods, config.steps) == (6, ("finetune", "routed"), 200)
     args = ["--quick", "--out", "x", "--steps", "5", "--concepts", "2", "--methods", "finetune, routed"]
     config, count = sequence_settings(build_parser().parse_args(args))
     assert (count, config.methods, config.steps) == (2, ("finetune", "routed"), 5)

@@ -113,8 +113,8 @@ def run(base: BaseModel, out: Path, steps: int, deadline: float) -> dict[str, An
         if check.results["methods"] and check.due("generation"):
             first = check.results["methods"][0]["method"]
             check.save(generation=speed.time_generation(base, Session.open(root / first)))
-    if check.due(f"memory of learning with {LearnConfig.method}"):
-        check.save(memory=asdict(memory.measure(base, LearnConfig.method, learn_steps=2)))
+    if check.due(f"memory of learning with {memory.HEAVIEST}"):
+        check.save(memory=asdict(memory.measure(base, memory.HEAVIEST, learn_steps=2)))
     with tempfile.TemporaryDirectory(prefix="lifelong-gpu-check-") as tmp:
         for method in LATER:
             if check.due(f"learn with {method}"):
