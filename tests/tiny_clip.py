@@ -9,6 +9,7 @@ from tiny import WORDS, tiny_pipeline
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, PreTrainedTokenizerFast
 
+from lifelong.bench.tiny import TINY_TEXT
 from lifelong.metrics import EvalClip
 
 
@@ -34,17 +35,7 @@ def tiny_clip(seed: int = 0) -> EvalClip:
     torch.manual_seed(seed)
     tokenizer = clip_tokenizer()
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=16,
-            pad_token_id=0,
-            bos_token_id=2,
-            eos_token_id=3,
-        ),
+        text_config=dict(vocab_size=len(tokenizer), **TINY_TEXT),
         vision_config=dict(
             hidden_size=32,
             intermediate_size=64,

@@ -35,6 +35,19 @@ WORDS = [
 ]
 
 
+# The tiny text tower, shared with the tests' tiny eval CLIP so that both read the same token ids
+TINY_TEXT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=16,
+    pad_token_id=0,
+    bos_token_id=2,
+    eos_token_id=3,
+)
+
+
 def tiny_tokenizer(max_length: int = 16) -> PreTrainedTokenizerFast:
     vocab = {"<pad>": 0, "<unk>": 1, "<bos>": 2, "<eos>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -53,19 +66,7 @@ def tiny_pipeline(seed: int = 0, **scheduler: object) -> StableDiffusionPipeline
     """SD-1.x's ε schedule, or any other DDIM config through ``scheduler`` (e.g. SD-2.x's v-prediction)."""
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=16,
-            pad_token_id=0,
-            bos_token_id=2,
-            eos_token_id=3,
-        )
-    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **TINY_TEXT))
     unet = UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
