@@ -10,10 +10,10 @@ from dataclasses import replace
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from lifelong.base import BaseConfig, BaseModel, prepare_base, resolve_dtype
+from lifelong.bench.tiny import word_tokenizer
 
 VOCAB = 49408
 MAX_LENGTH = 77
@@ -23,16 +23,8 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     specials = ["<|endoftext|>", "<|startoftext|>", "<unk>"]
     words = [f"w{i}" for i in range(VOCAB - len(specials))]
     vocab = {token: index for index, token in enumerate([*specials, *words])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        bos_token="<|startoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        unk_token="<unk>",
-        model_max_length=MAX_LENGTH,
-    )
+    end = "<|endoftext|>"
+    return word_tokenizer(vocab, MAX_LENGTH, bos_token="<|startoftext|>", eos_token=end, pad_token=end)
 
 
 def random_sd15(seed: int = 0, dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:

@@ -48,18 +48,19 @@ TINY_TEXT = dict(
 )
 
 
-def tiny_tokenizer(max_length: int = 16) -> PreTrainedTokenizerFast:
-    vocab = {"<pad>": 0, "<unk>": 1, "<bos>": 2, "<eos>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
+def word_tokenizer(vocab: dict[str, int], max_length: int, **special: str) -> PreTrainedTokenizerFast:
+    """A whitespace word-level tokenizer over ``vocab`` (no BPE files to download), with its special tokens
+    (``pad_token``, ``bos_token``, ``eos_token``; ``<unk>`` must be in ``vocab``)."""
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        model_max_length=max_length,
+        tokenizer_object=core, unk_token="<unk>", model_max_length=max_length, **special
     )
+
+
+def tiny_tokenizer(max_length: int = 16) -> PreTrainedTokenizerFast:
+    vocab = {"<pad>": 0, "<unk>": 1, "<bos>": 2, "<eos>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
+    return word_tokenizer(vocab, max_length, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
 
 
 def tiny_pipeline(seed: int = 0, **scheduler: object) -> StableDiffusionPipeline:
