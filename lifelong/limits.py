@@ -15,17 +15,24 @@ from dataclasses import dataclass
 
 from lifelong.configs import GenerateConfig, LearnConfig, check
 from lifelong.errors import LimitError
+from lifelong.methods import get_method
 from lifelong.prompts import check_template
 
 BUDGET_ENV = "LIFELONG_MAX_JOB_SECONDS"
-DEFAULT_BUDGET_S = 900.0  # a learn at the UI's largest step count (2000 × batch 4) fits, with room
+# a learn at the UI's largest step count (2000 × batch 4) with the default method fits after 20 concepts
+DEFAULT_BUDGET_S = 1800.0
 SECONDS_PER_SAMPLE = 0.08  # one training sample (or one denoising step of one image) on a Space GPU
 LEARN_OVERHEAD_S = 30.0  # encoding the images, building the method's regularisers, saving
 GENERATE_OVERHEAD_S = 15.0
 
 
-def learn_seconds(config: LearnConfig) -> float:
-    samples = config.steps * config.batch_size * max(1, config.gradient_accumulation)
+def learn_seconds(config: LearnConfig, concepts: int = 0) -> float:
+    """Learning a concept after ``concepts`` others: the batch's samples and what the method's mechanisms
+    add (distillation and replay rows each step, samples drawn once; ``Method.cost``)."""
+    method = get_method(config.method)
+    extra = method.cost(method.resolve(config.settings), concepts)
+    accumulate = max(1, config.gradient_accumulation)
+    samples = config.steps * accumulate * (config.batch_size + extra.per_step) + extra.once
     return LEARN_OVERHEAD_S + samples * SECONDS_PER_SAMPLE
 
 

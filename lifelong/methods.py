@@ -18,7 +18,7 @@ import torch
 from lifelong.configs import DEFAULT_METHOD
 from lifelong.errors import IncompatibleMethodsError, InvalidSettingError, UnknownMethodError
 from lifelong.mechanisms import clora, dfkd, ecd, icgen, memory, prior, tame
-from lifelong.settings import Setting, Value
+from lifelong.settings import Cost, Setting, Value
 from lifelong.step import AfterLearnContext, BuildContext, Regularizer
 
 __all__ = ["DEFAULT_METHOD", "METHODS", "Method", "describe", "get_method"]
@@ -30,16 +30,18 @@ class Component:
     settings: dict[str, Setting]
     build: Callable[[BuildContext], Regularizer] | None = None
     after_learn: Callable[[AfterLearnContext], dict[str, torch.Tensor]] | None = None
+    # what it adds to learning, from its settings and the concepts already learned (lifelong.limits)
+    cost: Callable[[Mapping[str, Value], int], Cost] | None = None
 
 
 COMPONENTS: dict[str, Component] = {
-    "prior": Component("prior", prior.SETTINGS, build=prior.build),
+    "prior": Component("prior", prior.SETTINGS, build=prior.build, cost=prior.cost),
     "clora": Component("clora", clora.SETTINGS, build=clora.build),
-    "dfkd": Component("dfkd", dfkd.SETTINGS, build=dfkd.build),
+    "dfkd": Component("dfkd", dfkd.SETTINGS, build=dfkd.build, cost=dfkd.cost),
     "icgen": Component("icgen", icgen.SETTINGS, after_learn=icgen.after_learn),
-    "memory": Component("memory", memory.SETTINGS, after_learn=memory.after_learn),
-    "tame": Component("tame", tame.SETTINGS, build=tame.build),
-    "ecd": Component("ecd", ecd.SETTINGS, build=ecd.build),
+    "memory": Component("memory", memory.SETTINGS, after_learn=memory.after_learn, cost=memory.cost),
+    "tame": Component("tame", tame.SETTINGS, build=tame.build, cost=tame.cost),
+    "ecd": Component("ecd", ecd.SETTINGS, build=ecd.build, cost=ecd.cost),
 }
 
 
@@ -73,6 +75,14 @@ class Method:
                 f"{self.name} has no setting {unknown[0]!r}; its settings are: {names}."
             )
         return {key: setting.convert(key, given.get(key, setting.default)) for key, setting in known.items()}
+
+    def cost(self, settings: Mapping[str, Value], concepts: int) -> Cost:
+        """The components' extra UNet passes for learning a concept after ``concepts`` others."""
+        total = Cost()
+        for name in self.components:
+            estimate = COMPONENTS[name].cost
+            total = total + (estimate(settings, concepts) if estimate is not None else Cost())
+        return total
 
     def regularizers(self, build: BuildContext) -> list[Regularizer]:
         factories = [COMPONENTS[name].build for name in self.components]

@@ -291,19 +291,19 @@ class Studio:
         cancel = self.cancel_flag(user, "learn")
         if not images:
             raise ImageCountError(f"Add {RECOMMENDED} images of the concept first.")
-        self.check_learn(config)
         with self._lock(user):
             session = self.session(user)
+            self.check_learn(config, len(session.concepts))
             return learn(
                 self.base, session, images, name, class_word, config, progress, cancel, captions=captions
             ).concept
 
-    def check_learn(self, config: LearnConfig) -> None:
-        """Refuse a learn whose settings are out of range or whose expected seconds exceed the budget,
-        before it waits for the GPU."""
+    def check_learn(self, config: LearnConfig, concepts: int = 0) -> None:
+        """Refuse a learn whose settings are out of range or whose expected seconds, after ``concepts``
+        others, exceed the budget, before it waits for the GPU."""
         check_learn(config)
         self.budget.check(
-            learn_seconds(config),
+            learn_seconds(config, concepts),
             f"Learning {config.steps} steps at batch size {config.batch_size}",
             "Use fewer steps, a smaller batch size or less gradient accumulation.",
         )
@@ -326,10 +326,14 @@ class Studio:
             "Use fewer steps or images in the Generate tab's settings.",
         )
 
+    def concept_count(self, user: str) -> int:
+        """How many concepts the user's session holds (what the next learn's cost depends on)."""
+        return len(self.session(user).concepts)
+
     def forgetting_generations(self, user: str) -> int:
         """How many generations the forgetting view runs: IA(i, j) for every j ≥ i with a scorer (n(n+1)/2),
         else each earlier concept at two checkpoints."""
-        count = len(self.session(user).concepts)
+        count = self.concept_count(user)
         if count < 2:
             return 0
         return count * (count + 1) // 2 if self.scorer else 2 * (count - 1)

@@ -1,4 +1,5 @@
-"""A method setting: its default (which fixes its type), a one-line description and optional bounds."""
+"""A method setting: its default (which fixes its type), a one-line description and optional bounds; and
+what a mechanism's settings cost (:class:`Cost`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,20 @@ from lifelong.errors import InvalidSettingError
 from lifelong.overrides import convert
 
 Value = bool | int | float | str
+
+GUIDED = 2  # UNet passes per sampler step of one image with classifier-free guidance
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a mechanism adds to learning one concept, in UNet image passes (lifelong.limits' unit): per
+    training step, and once (the samples it draws before or after training)."""
+
+    per_step: float = 0.0
+    once: float = 0.0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.per_step + other.per_step, self.once + other.once)
 
 
 @dataclass(frozen=True)

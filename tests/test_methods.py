@@ -18,6 +18,7 @@ from lifelong.encoding import encode_images, encode_text
 from lifelong.errors import InvalidSettingError, UnknownMethodError
 from lifelong.generate import GenerateConfig, generate
 from lifelong.learner import LearnConfig, learn
+from lifelong.limits import DEFAULT_BUDGET_S, SECONDS_PER_SAMPLE, learn_seconds
 from lifelong.mechanisms import clora, dfkd, ecd, prior, tame
 from lifelong.mechanisms.memory import ShortTermMemory, allocate, forgetting_scores, register_clip
 from lifelong.methods import METHODS, get_method
@@ -142,6 +143,21 @@ def test_presets_combinations_and_setting_validation():
         get_method("dfkd+nothing")
 
 
+def test_the_learn_cost_counts_what_each_method_adds():
+    plain = learn_seconds(LearnConfig(method="finetune"))
+    assert learn_seconds(LearnConfig(method="finetune"), concepts=9) == plain
+    # dfkd without pseudo-samples: a student and a teacher pass on each of dfkd_batch rows per step
+    rows = learn_seconds(LearnConfig(method="dfkd", settings={"dfkd_samples": 0})) - plain
+    assert rows == pytest.approx(200 * 2 * 2 * SECONDS_PER_SAMPLE)
+    dfkd = learn_seconds(LearnConfig(method="dfkd"))
+    assert dfkd > plain + rows and learn_seconds(LearnConfig(method="dfkd"), concepts=9) > dfkd
+    assert learn_seconds(LearnConfig(method="dfkd", settings={"dfkd_every": 2})) < dfkd
+    assert learn_seconds(LearnConfig(method="l2dm"), concepts=9) > learn_seconds(LearnConfig(method="l2dm"))
+    assert learn_seconds(LearnConfig(method="custom-diffusion")) > plain
+    # the app's default budget admits the UI's largest learn with the default method
+    assert learn_seconds(LearnConfig(steps=2000), concepts=20) <= DEFAULT_BUDGET_S
+
+
 def test_learn_refuses_unknown_settings_before_touching_the_session(tiny_base, tmp_path):
     session = Session.create(tmp_path / "s", "tiny")
     with pytest.raises(InvalidSettingError):
@@ -178,7 +194,11 @@ def test_dfkd_is_zero_at_the_teacher_and_its_gradient_pulls_the_student_back(tin
                 parameter -= 0.01 * parameter.grad / parameter.grad.norm() * parameter.norm()
         assert regularizer.loss(make()).item() < before.item()  # same draws, closer to the teacher
         pseudo = regularizer._pseudo  # the teacher's samples: made once per concept, then reused
-        assert pseudo is not None and len(pseudo[0]) == 8 and torch.isfinite(pseudo[0]).all()
+        assert pseudo is not None and torch.isfinite(pseudo[0]).all()
+        # every pool prompt (the earlier concept's among them) has its own `samples` pseudo-samples
+        per_prompt = regularizer._embeddings.repeat_interleave(regularizer.samples, dim=0)
+        assert len(pseudo[0]) == regularizer.samples * len(regularizer.pool) > dfkd.PSEUDO_CHUNK
+        assert torch.equal(pseudo[1], per_prompt)
         regularizer.every = 2
         assert regularizer.loss(make(step=1)).item() == 0.0 and regularizer.loss(make(step=2)).item() > 0
         assert regularizer._pseudo is pseudo

@@ -2,7 +2,7 @@
 
 Every ``k`` steps, with no stored data::
 
-    x̂_m ~ teacher(c_m)  (m samples, generated once per concept),  t ~ U{0..T-1}
+    x̂ ~ teacher(c)  (``samples`` per pool prompt c, generated once per concept),  t ~ U{0..T-1}
     x_t = √ᾱ_t · x̂_m + √(1 − ᾱ_t) · ε
     L = λ · ‖out_student(x_t, t, c_m) − out_teacher(x_t, t, c_m)‖²      (out: ε or v)
 
@@ -17,19 +17,20 @@ teacher DDIM steps (of 20) from noise, fresh every step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from lifelong.errors import InvalidSettingError
-from lifelong.settings import Setting
+from lifelong.settings import Cost, Setting, Value
 from lifelong.step import BuildContext, Rows, StepContext, draw_noise, noise_latents
 
 GENERIC_PROMPTS = ("a photo", "a picture of an object", "an animal", "a landscape", "a painting")
 SOURCES = ("concepts", "classes", "generic", "empty")
 SAMPLER_GRID = 20
+PSEUDO_CHUNK = 8  # pseudo-samples per teacher sampler batch
 
 SETTINGS = {
     "dfkd_weight": Setting(1.0, "λ: weight of the distillation loss", 0.0),
@@ -37,7 +38,7 @@ SETTINGS = {
     "dfkd_batch": Setting(2, "noise latents per distillation step", 1, 32),
     "dfkd_pool": Setting(",".join(SOURCES), "prompt pool: any of concepts,classes,generic,empty"),
     "dfkd_samples": Setting(
-        8, "teacher pseudo-samples per concept, noised to random t (0: x_t is pure noise)", 0, 256
+        4, "teacher pseudo-samples per pool prompt, noised to random t (0: x_t is pure noise)", 0, 64
     ),
     "dfkd_sampler_steps": Setting(
         0, "n > 0: x_t from up to n fresh teacher sampler steps instead", 0, SAMPLER_GRID - 1
@@ -55,7 +56,8 @@ def prompt_pool(ctx: BuildContext, sources: str) -> list[str]:
     if "concepts" in chosen:
         pool += [ctx.session.rewrite_prompt(c.prompts[0], ctx.slot) for c in earlier if c.prompts]
     if "classes" in chosen:
-        pool += [f"a {word}" for word in [*(c.class_word for c in earlier), ctx.class_word] if word]
+        words = [word for word in [*(c.class_word for c in earlier), ctx.class_word] if word]
+        pool += [f"{'an' if word[0] in 'aeiou' else 'a'} {word}" for word in words]
     if "generic" in chosen:
         pool += list(GENERIC_PROMPTS)
     if "empty" in chosen:
@@ -115,16 +117,21 @@ class DataFreeDistillation:
 
     @torch.no_grad()
     def _pseudo_samples(self, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """The teacher's own images (latents) of the pool prompts, generated on first use and kept."""
+        """The teacher's own images (latents), ``samples`` of every pool prompt, generated on first use (in
+        chunks of ``PSEUDO_CHUNK``, which bound the memory at full size) and kept."""
         if self._pseudo is None:
             assert self._embeddings is not None
-            index = torch.arange(self.samples, device=ctx.latents.device) % len(self.pool)
+            device = ctx.latents.device
+            index = torch.arange(len(self.pool), device=device).repeat_interleave(self.samples)
             embeddings = self._embeddings[index]
-            noise = torch.randn(
-                (self.samples, *ctx.latents.shape[1:]), generator=ctx.generator, device=ctx.latents.device
-            )
-            latents, _ = self._teacher_walk(ctx, noise, embeddings, SAMPLER_GRID)
-            self._pseudo = latents, embeddings
+            noise = torch.randn((len(index), *ctx.latents.shape[1:]), generator=ctx.generator, device=device)
+            chunks = [
+                self._teacher_walk(
+                    ctx, noise[i : i + PSEUDO_CHUNK], embeddings[i : i + PSEUDO_CHUNK], SAMPLER_GRID
+                )[0]
+                for i in range(0, len(index), PSEUDO_CHUNK)
+            ]
+            self._pseudo = torch.cat(chunks), embeddings
         return self._pseudo
 
     def _teacher_walk(
@@ -143,6 +150,23 @@ class DataFreeDistillation:
         start = noise * scheduler.init_noise_sigma
         latents = teacher_steps(scheduler, start, scheduler.timesteps[:walk], teacher)
         return latents, scheduler.timesteps[min(walk, SAMPLER_GRID - 1)].repeat(len(latents))
+
+
+def cost(settings: Mapping[str, Value], concepts: int) -> Cost:
+    """Student and teacher passes on the distillation rows; the pseudo-samples (a 20-step teacher walk per
+    sample of every pool prompt), or the fresh walks of ``sampler_steps``. The pool's size is bounded by
+    its sources with ``concepts`` earlier concepts."""
+    chosen = {source.strip() for source in str(settings["dfkd_pool"]).split(",")}
+    pool = (
+        concepts * ("concepts" in chosen)
+        + (concepts + 1) * ("classes" in chosen)
+        + len(GENERIC_PROMPTS) * ("generic" in chosen)
+        + ("empty" in chosen)
+    )
+    batch, every = int(settings["dfkd_batch"]), int(settings["dfkd_every"])
+    walk, samples = int(settings["dfkd_sampler_steps"]), int(settings["dfkd_samples"])
+    per_step = batch * (2 + walk) / every
+    return Cost(per_step, samples * max(pool, 1) * SAMPLER_GRID if samples and not walk else 0.0)
 
 
 def build(ctx: BuildContext) -> DataFreeDistillation:

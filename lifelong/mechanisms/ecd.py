@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 
 from lifelong.mechanisms.memory import ShortTermMemory, short_term_memory
-from lifelong.settings import Setting
+from lifelong.settings import Cost, Setting, Value
 from lifelong.step import BuildContext, StepContext
 
 SETTINGS = {
@@ -43,6 +43,11 @@ class ElasticDistillation:
         error = ctx.loss(latents, embeddings, distil=True, per_sample=True)
         weights = torch.tensor([self.weights[i] for i in concepts], device=error.device)
         return self.weight * (weights * error).mean()
+
+
+def cost(settings: Mapping[str, Value], concepts: int) -> Cost:
+    """Student and teacher passes on the distilled memory samples every step."""
+    return Cost(2.0 * int(settings["ecd_batch"]))
 
 
 def build(ctx: BuildContext) -> ElasticDistillation:

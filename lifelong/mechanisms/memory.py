@@ -18,7 +18,7 @@ eval CLIP). Without any CLIP (or with ``clip=vae``) they fall back to the VAE la
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -31,7 +31,7 @@ from lifelong.base import BUNDLED_EVAL_CLIP, BaseModel
 from lifelong.encoding import decode, encode_images, encode_text
 from lifelong.generate import GenerateConfig, denoise
 from lifelong.metrics import EvalClip, image_features
-from lifelong.settings import Setting
+from lifelong.settings import GUIDED, Cost, Setting, Value
 from lifelong.step import AfterLearnContext, BuildContext, StepContext
 
 Features = Callable[[Sequence[Image.Image]], torch.Tensor]
@@ -76,6 +76,12 @@ def sample_latents(base: BaseModel, prompt: str, seeds: list[int], steps: int) -
     with torch.inference_mode():
         latents = denoise(base, seeds, cond, uncond, GenerateConfig(steps=steps))
     return latents.clone()  # a normal tensor again: training uses it with autograd
+
+
+def cost(settings: Mapping[str, Value], concepts: int) -> Cost:
+    """The forgetting probes of every earlier concept before training, the memory samples after it."""
+    images = int(settings["memory_samples"]) + concepts * int(settings["score_images"])
+    return Cost(once=float(images * int(settings["memory_steps"]) * GUIDED))
 
 
 def after_learn(ctx: AfterLearnContext) -> dict[str, torch.Tensor]:

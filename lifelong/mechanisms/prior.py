@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 import torch
 from safetensors.torch import load_file
 
 from lifelong.files import write_safetensors
 from lifelong.mechanisms.memory import sample_latents
-from lifelong.settings import Setting
+from lifelong.settings import GUIDED, Cost, Setting, Value
 from lifelong.step import BuildContext, StepContext
 
 SETTINGS = {
@@ -56,6 +57,12 @@ class PriorPreservation:
         )
         latents = self.latents.to(ctx.latents.device)[pick]
         return self.weight * ctx.loss(latents, self._embedding.expand(len(latents), -1, -1))
+
+
+def cost(settings: Mapping[str, Value], concepts: int) -> Cost:
+    """The class images' diffusion loss every step; drawing them (at most once: they are cached)."""
+    once = int(settings["prior_images"]) * int(settings["prior_steps"]) * GUIDED
+    return Cost(float(settings["prior_batch"]), float(once))
 
 
 def build(ctx: BuildContext) -> PriorPreservation:

@@ -10,10 +10,12 @@ so earlier concepts keep being trained on while the new one is learned.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from lifelong.mechanisms.memory import ShortTermMemory, short_term_memory
-from lifelong.settings import Setting
+from lifelong.settings import Cost, Setting, Value
 from lifelong.step import BuildContext, StepContext
 
 SETTINGS = {
@@ -33,6 +35,11 @@ class MemoryReplay:
             return ctx.latents.new_zeros(())
         latents, embeddings, _ = self.memory.batch(ctx, self.batch)
         return self.weight * ctx.loss(latents, embeddings)
+
+
+def cost(settings: Mapping[str, Value], concepts: int) -> Cost:
+    """The replayed samples' diffusion loss every step."""
+    return Cost(float(settings["tame_batch"]))
 
 
 def build(ctx: BuildContext) -> MemoryReplay:

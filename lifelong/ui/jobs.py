@@ -26,9 +26,10 @@ def register(studio: Studio) -> str:
     return key
 
 
-def check_learn(key: str, config: LearnConfig) -> None:
+def check_learn(key: str, user: str, config: LearnConfig) -> None:
     """Refuse a learn out of range or over the budget before it is queued for the GPU."""
-    STUDIOS[key].check_learn(config)
+    studio = STUDIOS[key]
+    studio.check_learn(config, studio.concept_count(user))
 
 
 def check_generate(key: str, config: GenerateConfig) -> None:
@@ -50,7 +51,7 @@ def _learn_duration(
     progress: gr.Progress,
 ) -> int:
     """Seconds to ask ZeroGPU for (spaces calls it with the job's own arguments)."""
-    return int(learn_seconds(config))
+    return int(learn_seconds(config, STUDIOS[key].concept_count(user)))
 
 
 @spaces.GPU(duration=_learn_duration)

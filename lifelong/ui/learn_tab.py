@@ -121,7 +121,7 @@ class LearnTab:
         files = paths(values["images"])
         config = self.form.parse_named(values, method=values["method"] or DEFAULT_METHOD)
         self.page.files.note_uploads(user, files)
-        check_learn(self.page.key, config)
+        check_learn(self.page.key, user, config)
         for note in upload_notes(files):
             gr.Warning(shown(note))
         try:
