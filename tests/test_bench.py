@@ -13,6 +13,7 @@ from conftest import pattern_images
 from PIL import Image
 from tiny_clip import save_tiny_model_and_clip, tiny_clip
 
+from lifelong.bench import ratio
 from lifelong.bench.cli import build_parser, main, sequence_settings
 from lifelong.bench.report import write_report
 from lifelong.bench.sequence import (
@@ -204,3 +205,13 @@ def test_quick_defaults_and_explicit_options_win():
     args = ["--quick", "--out", "x", "--steps", "5", "--concepts", "2", "--methods", "finetune, routed"]
     config, count = sequence_settings(build_parser().parse_args(args))
     assert (count, config.methods, config.steps) == (2, ("finetune", "routed"), 5)
+
+
+def test_ratio_times_a_method_against_finetune_in_fresh_processes(tmp_path, capsys):
+    model, _ = save_tiny_model_and_clip(tmp_path)
+    args = ["--model", str(model), "--steps", "2", "--pairs", "1", "--set", "dfkd_samples=1"]
+    assert ratio.main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"pair 1: dfkd [0-9.]+ CPU s, finetune [0-9.]+ CPU s", out)
+    found = re.search(r"dfkd --set dfkd_samples=1 ÷ finetune, 2 steps: median ×([0-9.]+)", out)
+    assert found and float(found.group(1)) > 1  # distillation rows and a teacher pass on top of finetune's
