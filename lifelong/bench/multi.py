@@ -1,6 +1,7 @@
 """``python -m lifelong.bench --multi``: two learned concepts in one prompt, CAA/OAA off vs on.
 
-The first ``--concepts`` concepts are learned in one session (``--methods``' first method, else finetune).
+The first ``--concepts`` concepts are learned in one session (``--methods``' first method, else the app's
+default, at the app's default steps unless ``--steps``).
 For every pair (i, j) the prompt "a <i> {class} and a <j> {class} on a {color} background" is generated
 with the same seeds twice: attention guidance off, then on (GenerateConfig's caa/oaa). For each image and
 each of its two concepts, the square of half the image's side centred on the concept's cross-attention peak
@@ -35,6 +36,7 @@ from PIL import Image, ImageDraw
 from lifelong.attention import AttentionRecord
 from lifelong.base import BaseConfig, BaseModel, compile_requested, get_base
 from lifelong.concepts import Session
+from lifelong.configs import DEFAULT_METHOD
 from lifelong.files import atomic_write, write_json
 from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts
 from lifelong.generate import GenerateConfig, generate
@@ -51,8 +53,8 @@ TILE = 96
 @dataclass(frozen=True)
 class MultiConfig:
     concepts: int = 4  # learned concepts; every pair of them is one prompt
-    method: str = "finetune"
-    steps: int = 100  # learning steps per concept
+    method: str = DEFAULT_METHOD  # the app's: what a user's two concepts are learned with
+    steps: int = LearnConfig.steps  # learning steps per concept
     images_per_pair: int = 4  # seeds seed .. seed + n - 1, the same in both settings
     seed: int = 0
     sample_steps: int = 20
