@@ -21,6 +21,7 @@ from lifelong.base import BaseConfig, compile_requested, get_base
 from lifelong.bench import learnability, multi
 from lifelong.bench.report import write_report
 from lifelong.bench.sequence import SequenceConfig, results_json, run_sequence, setup_record
+from lifelong.configs import LearnConfig
 from lifelong.errors import LifelongError
 from lifelong.folders import BUNDLED_CONCEPTS, load_concepts
 from lifelong.methods import METHODS
@@ -41,9 +42,9 @@ class Mode:
 # fewest of the held-out animals after which finetune's IAD interval excludes 0 at 2 images per prompt
 # (0.224 [0.114, 0.336] in the full run's first six), against routed, whose keeping of concepts the default
 # method (routed+dfkd) inherits, at a third of dfkd's time (docs/BENCHMARKS.md).
-QUICK = {"concepts": 6, "steps": 200, "images_per_prompt": 2}
+QUICK = {"concepts": 6, "steps": LearnConfig.steps, "images_per_prompt": 2}
 QUICK_METHODS = ("finetune", "routed")
-FULL = {"concepts": 10, "steps": 200, "images_per_prompt": 4}
+FULL = {"concepts": 10, "steps": LearnConfig.steps, "images_per_prompt": 4}
 
 
 def _lifelong_arguments(parser: argparse.ArgumentParser) -> None:

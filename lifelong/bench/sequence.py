@@ -93,7 +93,7 @@ class SequenceConfig:
     """What one benchmark run fixes before any method is compared."""
 
     methods: tuple[str, ...]
-    steps: int = 100  # learning steps per concept
+    steps: int = LearnConfig.steps  # learning steps per concept: the app's, so concepts are learned
     images_per_prompt: int = 2
     seed: int = 0
     sample_steps: int = 20
