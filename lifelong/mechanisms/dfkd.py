@@ -35,10 +35,10 @@ PSEUDO_CHUNK = 8  # pseudo-samples per teacher sampler batch
 SETTINGS = {
     "dfkd_weight": Setting(1.0, "λ: weight of the distillation loss", 0.0),
     "dfkd_every": Setting(1, "distil every k-th step", 1, 1000),
-    "dfkd_batch": Setting(2, "noise latents per distillation step", 1, 32),
+    "dfkd_batch": Setting(1, "noise latents per distillation step", 1, 32),
     "dfkd_pool": Setting(",".join(SOURCES), "prompt pool: any of concepts,classes,generic,empty"),
     "dfkd_samples": Setting(
-        4, "teacher pseudo-samples per pool prompt, noised to random t (0: x_t is pure noise)", 0, 64
+        1, "teacher pseudo-samples per pool prompt, noised to random t (0: x_t is pure noise)", 0, 64
     ),
     "dfkd_sampler_steps": Setting(
         0, "n > 0: x_t from up to n fresh teacher sampler steps instead", 0, SAMPLER_GRID - 1
