@@ -119,7 +119,8 @@ METHODS: dict[str, Method] = {
             "Data-free distillation from the previous checkpoint over a prompt pool; LoRA on every attention layer.",
             # LoRA on every attention projection: on the learnability benchmark (12 concepts, with captions)
             # the same identification as K/V (0.57), normalised IA 0.48 against 0.43, background 0.92 against
-            # 0.90, at 1.2× the time (docs/BENCHMARKS.md, "Learnability")
+            # 0.90, at 1.2× the time; with dfkd's defaults of one row per step and one pseudo-sample per pool
+            # prompt 0.62 / 0.47 / 0.92 (docs/BENCHMARKS.md, "Learnability")
             kind="lora-attn",
             components=("dfkd",),
         ),
