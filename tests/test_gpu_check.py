@@ -7,6 +7,8 @@ import json
 import math
 
 from lifelong.bench import gpu_check
+from lifelong.configs import LearnConfig
+from lifelong.mechanisms import dfkd
 
 
 def test_the_gpu_check_runs_end_to_end_on_the_tiny_pipeline(tmp_path, capsys):
@@ -19,7 +21,8 @@ def test_the_gpu_check_runs_end_to_end_on_the_tiny_pipeline(tmp_path, capsys):
     assert results["methods"][0]["overhead_vs_finetune"] == 1.0
     assert results["generation"]["images_per_second_batch4"] > 0
     memory = results["memory"]
-    assert memory["method"] == "dfkd" and memory["kind"] == "lora-attn" and memory["batch"] == 6
+    rows = LearnConfig().batch_size + dfkd.SETTINGS["dfkd_batch"].default  # the concept's and distillation's
+    assert memory["method"] == "dfkd" and memory["kind"] == "lora-attn" and memory["batch"] == rows
     assert memory["learn_peak_gb"] is not None and memory["optimizer_gb"] >= 0
     environment = results["environment"]
     assert environment["model"] == "tiny" and environment["versions"]["diffusers"]

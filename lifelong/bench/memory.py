@@ -30,6 +30,7 @@ from lifelong.bench.resources import PeakMemory, return_freed_memory
 from lifelong.concepts import Session
 from lifelong.encoding import decode, encode_images, tokenize
 from lifelong.learner import LearnConfig, learn, make_optimizer, training_step
+from lifelong.mechanisms import dfkd
 from lifelong.methods import get_method
 
 GB = 2**30
@@ -52,7 +53,7 @@ class MemoryReport:
     kind: str
     batch: int  # student rows per step: the concept's batch plus the distillation's
     teacher_batch: int  # the distillation's teacher rows per step
-    pseudo_batch: int  # the teacher's pseudo-samples, generated at once
+    pseudo_batch: int  # the teacher's pseudo-samples generated at once (one chunk)
     weights_gb: dict[str, float]  # per module, parameters at their dtype
     trainable_params: int
     optimizer_gb: float  # trainable fp32 parameters + gradients + AdamW's two moments
@@ -117,7 +118,8 @@ def measure(base: BaseModel, method: str, learn_steps: int = 0) -> MemoryReport:
         kind=config.params or chosen.trainable_kind,
         batch=config.batch_size + distil,
         teacher_batch=distil,
-        pseudo_batch=int(settings.get("dfkd_samples", 0)) if distil else 0,
+        # the pseudo-samples are drawn a chunk at a time: the largest teacher batch held at once
+        pseudo_batch=dfkd.PSEUDO_CHUNK if distil and int(settings["dfkd_samples"]) else 0,
         weights_gb={
             name: _gb(sum(p.numel() * p.element_size() for p in m.parameters())) for name, m in modules
         },
