@@ -34,7 +34,8 @@ PSEUDO_CHUNK = 8  # pseudo-samples per teacher sampler batch
 
 # One row per step and one pseudo-sample per pool prompt: on the learnability benchmark as good as two rows
 # and eight samples shared by the pool (which left prompts past the eighth without one), at ×1.79 of
-# finetune's time instead of ×2.25, and forgetting less in a sequence (docs/BENCHMARKS.md)
+# finetune's time instead of ×2.25; over 10 concepts the base drifts half as much as under finetune
+# (docs/BENCHMARKS.md)
 SETTINGS = {
     "dfkd_weight": Setting(1.0, "λ: weight of the distillation loss", 0.0),
     "dfkd_every": Setting(1, "distil every k-th step", 1, 1000),
