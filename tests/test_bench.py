@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -215,3 +216,15 @@ def test_ratio_times_a_method_against_finetune_in_fresh_processes(tmp_path, caps
     assert re.search(r"pair 1: dfkd [0-9.]+ CPU s, finetune [0-9.]+ CPU s", out)
     found = re.search(r"dfkd --set dfkd_samples=1 ÷ finetune, 2 steps: median ×([0-9.]+)", out)
     assert found and float(found.group(1)) > 1  # distillation rows and a teacher pass on top of finetune's
+
+
+def test_resume_reuses_a_method_that_the_new_overrides_do_not_reach(tiny_base, miniature):
+    out, config, concepts, setup, results = miniature
+    tuned = replace(config, methods=("finetune",), overrides=(("dfkd_weight", "3"),))
+    logs = []
+    setup = setup_record(tuned, "tiny", "tiny-clip", concepts)
+    again = run_sequence(tiny_base, tiny_clip(), concepts, tuned, out, setup, resume=True, log=logs.append)
+    assert again["finetune"] == results["finetune"] and logs == [
+        f"[finetune] reusing {out}/methods/finetune.json"
+    ]
+    assert tuned.applicable("lfs") == (("dfkd_weight", "3"),) and tuned.applicable("finetune") == ()

@@ -103,10 +103,15 @@ class SequenceConfig:
     # have them (e.g. ("clip", FOLDER) for the memory-based methods)
     overrides: tuple[tuple[str, str], ...] = ()
 
-    def learn_config(self, method: str) -> LearnConfig:
+    def applicable(self, method: str) -> tuple[tuple[str, str], ...]:
+        """The overrides that reach ``method``: LearnConfig fields, and the settings the method has."""
         known = get_method(method).settings()
-        values = {key: value for key, value in self.overrides if key in LEARN_FIELDS or key in known}
-        return override(LearnConfig(method=method, steps=self.steps, seed=self.seed), values)
+        return tuple((key, value) for key, value in self.overrides if key in LEARN_FIELDS or key in known)
+
+    def learn_config(self, method: str) -> LearnConfig:
+        return override(
+            LearnConfig(method=method, steps=self.steps, seed=self.seed), dict(self.applicable(method))
+        )
 
     def check(self) -> None:
         """Refuse unknown methods and settings no method has before hours of work, not after. A setting of
@@ -360,15 +365,24 @@ def run_sequence(
     results = {}
     for method in config.methods:
         saved = out / "methods" / f"{method}.json"
+        own = method_setup(setup, config, method)
         if resume and saved.exists():
             record = json.loads(saved.read_text())
-            if record.get("setup") == json.loads(json.dumps(finite_or_none(setup))):
+            if record.get("setup") == json.loads(json.dumps(finite_or_none(own))):
                 log(f"[{method}] reusing {saved}")
                 results[method] = MethodResult.from_json(record["result"])
                 continue
         results[method] = run_method(evaluator, method, out, log)
-        write_json(saved, finite_or_none({"setup": setup, "result": asdict(results[method])}))
+        write_json(saved, finite_or_none({"setup": own, "result": asdict(results[method])}))
     return results
+
+
+def method_setup(setup: dict[str, object], config: SequenceConfig, method: str) -> dict[str, object]:
+    """What one method's result depends on: the run's setup with only the overrides that reach it, so a
+    run that sets, e.g., a dfkd setting can reuse finetune's result from a run without it."""
+    fixed = dict(setup["config"])  # type: ignore[call-overload]
+    fixed["overrides"] = [list(pair) for pair in config.applicable(method)]
+    return {**setup, "config": fixed}
 
 
 def results_json(setup: dict[str, object], results: dict[str, MethodResult]) -> dict[str, object]:
