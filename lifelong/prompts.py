@@ -92,3 +92,8 @@ def fill_template(template: str, token: str, class_word: str) -> str:
     """The template with ``{token}`` and ``{class_word}`` replaced, whitespace collapsed."""
     values = {"token": token, "class_word": class_word}
     return " ".join(_FIELDS.sub(lambda match: values[match.group(1)], template).split())
+
+
+def with_article(phrase: str) -> str:
+    """``phrase`` with "a" or "an" before it ("an animal", "a dog")."""
+    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase

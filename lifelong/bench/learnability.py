@@ -52,6 +52,7 @@ from lifelong.metrics import (
     text_features,
 )
 from lifelong.overrides import override, parse_pairs
+from lifelong.prompts import with_article
 
 COLORS = ("blue", "yellow")
 TILE = 64
@@ -74,9 +75,8 @@ class ConceptScore:
 def prompts(concept: FolderConcept) -> list[tuple[str, str, str]]:
     """(prompt with the token, TA text with the class word instead, background colour) per background."""
     token = " ".join(f"<{concept.name}> {concept.class_word}".split())
-    subject = concept.subject
-    article = "an" if subject[:1] in "aeiou" else "a"
-    return [(f"a {token} on a {c} background", f"{article} {subject} on a {c} background", c) for c in COLORS]
+    subject = with_article(concept.subject)
+    return [(f"a {token} on a {c} background", f"{subject} on a {c} background", c) for c in COLORS]
 
 
 def reference_features(

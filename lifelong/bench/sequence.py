@@ -49,6 +49,7 @@ from lifelong.metrics import (
     text_features,
 )
 from lifelong.overrides import override
+from lifelong.prompts import with_article
 
 # Base-model prompts for the drift measure: scenes of the bundled world whose words any SD-1.x model also
 # reads as plain English; the benchmark's class words are added to them.
@@ -67,16 +68,12 @@ REFERENCE = "images/reference/{i}.png"  # concept i's first reference image, for
 RESULTS_FORMAT = 2
 
 
-def _article(phrase: str) -> str:
-    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
-
-
 def eval_prompts(concept: FolderConcept, colors: Sequence[str] = EVAL_COLORS) -> list[tuple[str, str]]:
     """(prompt naming the concept's token, the same prompt for TA with the token replaced by its subject)."""
     token = " ".join(f"<{concept.name}> {concept.class_word}".split())
-    pairs = [(f"a {token}", _article(concept.subject))]
+    pairs = [(f"a {token}", with_article(concept.subject))]
     pairs += [
-        (f"a {token} on a {color} background", f"{_article(concept.subject)} on a {color} background")
+        (f"a {token} on a {color} background", f"{with_article(concept.subject)} on a {color} background")
         for color in colors
     ]
     return pairs
@@ -85,7 +82,7 @@ def eval_prompts(concept: FolderConcept, colors: Sequence[str] = EVAL_COLORS) ->
 def drift_prompts(concepts: Sequence[FolderConcept]) -> list[str]:
     """Base-model prompts that name no concept: the class words, then the fixed scenes."""
     words = dict.fromkeys(c.class_word for c in concepts if c.class_word)
-    return [*(f"{_article(word)} on a gray background" for word in words), *DRIFT_SCENES]
+    return [*(f"{with_article(word)} on a gray background" for word in words), *DRIFT_SCENES]
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from lifelong.errors import InvalidSettingError
+from lifelong.prompts import with_article
 from lifelong.settings import Cost, Setting, Value
 from lifelong.step import BuildContext, Rows, StepContext, draw_noise, noise_latents
 
@@ -50,18 +51,23 @@ SETTINGS = {
 }
 
 
-def prompt_pool(ctx: BuildContext, sources: str) -> list[str]:
-    """Prompts to distil on, from the named sources, without duplicates."""
-    chosen = {source.strip() for source in sources.split(",") if source.strip()}
+def pool_sources(text: str) -> set[str]:
+    """The sources a ``dfkd_pool`` setting names, or an InvalidSettingError."""
+    chosen = {source.strip() for source in text.split(",") if source.strip()}
     if not chosen or chosen - set(SOURCES):
         raise InvalidSettingError(f"dfkd_pool takes a comma-separated subset of {','.join(SOURCES)}.")
+    return chosen
+
+
+def prompt_pool(ctx: BuildContext, sources: str) -> list[str]:
+    """Prompts to distil on, from the named sources, without duplicates."""
+    chosen = pool_sources(sources)
     earlier = ctx.session.concepts[: ctx.slot]
     pool: list[str] = []
     if "concepts" in chosen:
         pool += [ctx.session.rewrite_prompt(c.prompts[0], ctx.slot) for c in earlier if c.prompts]
     if "classes" in chosen:
-        words = [word for word in [*(c.class_word for c in earlier), ctx.class_word] if word]
-        pool += [f"{'an' if word[0] in 'aeiou' else 'a'} {word}" for word in words]
+        pool += [with_article(word) for word in [*(c.class_word for c in earlier), ctx.class_word] if word]
     if "generic" in chosen:
         pool += list(GENERIC_PROMPTS)
     if "empty" in chosen:
@@ -160,7 +166,7 @@ def cost(settings: Mapping[str, Value], concepts: int) -> Cost:
     """Student and teacher passes on the distillation rows; the pseudo-samples (a 20-step teacher walk per
     sample of every pool prompt), or the fresh walks of ``sampler_steps``. The pool's size is bounded by
     its sources with ``concepts`` earlier concepts."""
-    chosen = {source.strip() for source in str(settings["dfkd_pool"]).split(",")}
+    chosen = pool_sources(str(settings["dfkd_pool"]))
     pool = (
         concepts * ("concepts" in chosen)
         + (concepts + 1) * ("classes" in chosen)
