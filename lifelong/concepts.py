@@ -63,6 +63,7 @@ class Concept:
     images: list[str]
     checkpoint: str
     prompts: list[str] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)  # one per image ("" for none), or none at all
     settings: dict[str, Any] = field(default_factory=dict)
     stacked: bool = True  # False: learned from the base and mixed in by the prompts that name it (routed)
     seconds: float = 0.0

@@ -103,6 +103,7 @@ class _Plan:
     slot: int
     prompt: str  # the training prompt, with the slot token
     images: list[Image.Image]  # the clean images
+    captions: list[str]  # what each image shows besides the concept ("" for none)
     prompts: list[str]  # each image's training prompt: ``prompt`` and the image's caption
 
 
@@ -130,8 +131,9 @@ def check_inputs(
         )
     clean = load_images(images, base.resolution)
     prompt = fill_template(config.prompt_template, slot_token(slot), class_word)
-    prompts = [f"{prompt} {caption}".strip() for caption in check_captions(list(captions), len(clean))]
-    return _Plan(method, settings, name, class_word, slot, prompt, clean, prompts)
+    checked = check_captions(list(captions), len(clean))
+    prompts = [f"{prompt} {caption}".strip() for caption in checked]
+    return _Plan(method, settings, name, class_word, slot, prompt, clean, checked, prompts)
 
 
 def prepare_latents(base: BaseModel, plan: _Plan, config: LearnConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,6 +288,7 @@ def concept_record(plan: _Plan, config: LearnConfig, losses: list[float], second
         images=[],
         checkpoint="",
         prompts=[fill_template(config.prompt_template, f"<{plan.name}>", plan.class_word)],
+        captions=plan.captions if any(plan.captions) else [],
         settings={**asdict(config), "settings": plan.settings},
         stacked=plan.method.stack,
         seconds=round(seconds, 3),

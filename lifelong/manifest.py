@@ -14,7 +14,7 @@ from typing import Any
 
 from lifelong.errors import InvalidConceptNameError, InvalidPromptError, SessionFormatError
 from lifelong.intake import MAX_IMAGES, NAME_PATTERN, validate_class_word
-from lifelong.prompts import TOKEN_PATTERN, check_prompt
+from lifelong.prompts import TOKEN_PATTERN, check_captions, check_prompt
 
 FORMAT = "lifelong-session"
 VERSION = 1
@@ -25,7 +25,7 @@ MAX_SETTINGS = 64
 MAX_TEXT = 1000  # any other string field
 _TOP = {"format", "version", "base_model", "concepts"}
 _REQUIRED = {"name", "class_word", "method", "images", "checkpoint", "prompts"}
-_OPTIONAL = {"settings", "stacked", "seconds", "final_loss", "created"}
+_OPTIONAL = {"captions", "settings", "stacked", "seconds", "final_loss", "created"}
 
 
 def image_file(name: str, index: int) -> str:
@@ -112,6 +112,12 @@ def _check_concept(item: Any, index: int, earlier: list[str]) -> dict[str, Any]:
             check_prompt(_text(prompt, f"a prompt of {where}", MAX_TEXT), f"a prompt of {where}")
         except InvalidPromptError as error:
             raise SessionFormatError(str(error)) from error
+    captions = _list(item.get("captions", []), f"the captions of {where}", 0, len(images))
+    if captions:
+        try:
+            captions = check_captions(captions, len(images))
+        except InvalidPromptError as error:
+            raise SessionFormatError(f"{where}: {error}") from error
     entry = {
         "name": name,
         "class_word": class_word,
@@ -119,6 +125,7 @@ def _check_concept(item: Any, index: int, earlier: list[str]) -> dict[str, Any]:
         "images": images,
         "checkpoint": item["checkpoint"],
         "prompts": prompts,
+        "captions": captions,
         "settings": _settings(item.get("settings", {}), f"the settings of {where}", nested=True),
         "stacked": _flag(item.get("stacked", True), f"'stacked' of {where}"),
         "seconds": _number(item.get("seconds", 0.0), f"the seconds of {where}", finite=True),

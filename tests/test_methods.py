@@ -296,6 +296,25 @@ def test_stm_is_capped_and_the_replay_trains_on_it(tiny_base, tame_session):
         assert empty.loss(make()).item() == 0.0
 
 
+def test_stm_can_replay_the_stored_images_with_their_captions(tiny_base, tmp_path):
+    session = Session.create(tmp_path / "s", "tiny")
+    captions = [["on grass", "", "at night"], ["in snow", "on a sofa", ""]]
+    for index, (name, word) in enumerate(CONCEPTS[:2]):
+        config = LearnConfig(method="tame", steps=2, batch_size=2, settings=cheap("tame"))
+        learn(tiny_base, session, pattern_images(seed=index), name, word, config, captions=captions[index])
+    assert Session.open(session.root).concepts[1].captions == captions[1]  # kept in the manifest
+    memory = tame.build(build_context(tiny_base, session, "tame", memory=6, memory_references=True)).memory
+    assert sorted(memory.concepts) == [1, 1, 1, 2, 2, 2]  # every stored image once
+    stored = {i: encode_images(tiny_base, session.images(i)) for i in (1, 2)}
+    for row, concept, prompt in zip(memory.latents, memory.concepts, memory.prompts, strict=True):
+        image = next(j for j in range(3) if torch.allclose(stored[concept][j], row))
+        expected = session.rewrite_prompt(session.concepts[concept - 1].prompts[0], 2)
+        assert prompt == f"{expected} {captions[concept - 1][image]}".strip()
+    samples = tame.build(build_context(tiny_base, session, "tame", memory=6)).memory
+    assert len(samples) == 4  # the generated samples: two per concept, no captions
+    assert set(samples.prompts) == {session.rewrite_prompt(c.prompts[0], 2) for c in session.concepts}
+
+
 def test_ecd_weights_follow_forgetting_scores(tiny_base, tame_session):
     assert ecd.elastic_weights({1: 0.1, 2: 0.3}) == pytest.approx({1: 0.5, 2: 1.5})
     assert ecd.elastic_weights({1: 0.0, 2: 0.0}) == {1: 1.0, 2: 1.0}

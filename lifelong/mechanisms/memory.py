@@ -7,9 +7,11 @@ current model generates ``score_images`` probes of every remembered concept i, a
 
     forgetting(i) = 1 − cos(mean feature of the probes, mean LTM feature of i)
 
-The short-term memory (STM, at most ``memory`` samples) is filled by a highest-averages (D'Hondt)
+The short-term memory (STM, at most ``memory`` rows) is filled by a highest-averages (D'Hondt)
 allocation proportional to forgetting, so the most-forgotten concepts get most replay; inside a concept its
-samples closest to its LTM go first.
+samples closest to its LTM go first. With ``memory_references`` the rows are instead the concept's own
+stored images, each with its caption (the session keeps both), most typical first: replaying the model's
+own samples trains it on its own defects, which compound along a sequence (docs/BENCHMARKS.md).
 
 Features come from a CLIP image tower (``clip``: a registered name, a CLIP folder, or "" for the bundled
 eval CLIP). Without any CLIP (or with ``clip=vae``) they fall back to the VAE latent average-pooled to
@@ -41,6 +43,9 @@ SETTINGS = {
     "memory_samples": Setting(4, "samples generated and kept per concept after learning it", 1, 16),
     "memory_steps": Setting(10, "sampler steps for memory samples and forgetting probes", 1, 50),
     "score_images": Setting(2, "probe images per concept for its forgetting score", 1, 8),
+    "memory_references": Setting(
+        False, "replay earlier concepts' stored images with their captions instead of generated samples"
+    ),
     "clip": Setting("", "CLIP for image features: a folder, registered name, '' = bundled, vae = fallback"),
 }
 
@@ -154,16 +159,29 @@ def short_term_memory(ctx: BuildContext) -> ShortTermMemory:
     session = ctx.session
     remembered = [i for i in range(1, ctx.slot + 1) if "memory.latents" in session.checkpoint(i)[1]]
     scores = forgetting_scores(ctx, remembered, feature_function(ctx.base, str(ctx.settings["clip"])))
-    available = {i: len(session.checkpoint(i)[1]["memory.latents"]) for i in remembered}
+    references = bool(ctx.settings["memory_references"])
+    available = {
+        i: len(session.concepts[i - 1].images if references else session.checkpoint(i)[1]["memory.latents"])
+        for i in remembered
+    }
     quota = allocate(scores, available, int(ctx.settings["memory"]))
     rows, concepts, prompts = [], [], []
     for i in remembered:
         extras = session.checkpoint(i)[1]
-        closeness = extras["memory.features"] @ extras["memory.ltm"].mean(0)  # same feature model
-        keep = closeness.argsort(descending=True)[: quota[i]]
-        rows.append(extras["memory.latents"][keep])
+        ltm = extras["memory.ltm"]
+        prompt = session.rewrite_prompt(session.concepts[i - 1].prompts[0], ctx.slot)
+        if references:
+            keep = (ltm @ ltm.mean(0)).argsort(descending=True)[: quota[i]]
+            with torch.no_grad():
+                latents = encode_images(ctx.base, session.images(i))
+            captions = session.concepts[i - 1].captions or [""] * len(latents)
+            prompts += [f"{prompt} {captions[int(j)]}".strip() for j in keep]
+        else:
+            keep = (extras["memory.features"] @ ltm.mean(0)).argsort(descending=True)[: quota[i]]
+            latents = extras["memory.latents"]
+            prompts += [prompt] * len(keep)
+        rows.append(latents[keep.to(latents.device)])
         concepts += [i] * len(keep)
-        prompts += [session.rewrite_prompt(session.concepts[i - 1].prompts[0], ctx.slot)] * len(keep)
     latents = torch.cat(rows).to(ctx.base.device) if rows else torch.empty(0)
     ctx.shared["stm"] = ShortTermMemory(latents, concepts, prompts, scores)
     return ctx.shared["stm"]
