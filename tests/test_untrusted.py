@@ -273,7 +273,10 @@ def test_zip_bombs_and_extra_files_are_refused_from_the_headers(victim, exported
         (lambda m: m["concepts"][0].update(prompts=["a <mug> dog"]), "not learned before it"),
         (lambda m: m["concepts"][0].update(settings={"a": [1]}), "plain value"),
         (lambda m: m["concepts"][0].update(evil=1), "unknown field"),
-        (lambda m: m["concepts"][0].update(captions="on grass"), "captions of <rex> in the manifest are text"),
+        (
+            lambda m: m["concepts"][0].update(captions="on grass"),
+            "captions of <rex> in the manifest are text",
+        ),
         (lambda m: m["concepts"][0].update(captions=["on grass"]), "1 captions for"),
         (lambda m: m["concepts"][0].update(captions=["{x}"] * len(m["concepts"][0]["images"])), "caption 1"),
         (lambda m: m["concepts"][0].update(class_word="<|slot0|>"), "not a plain word"),
