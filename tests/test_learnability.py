@@ -55,9 +55,10 @@ def test_cli_learns_each_concept_alone_and_writes_scores_and_grid(tmp_path, caps
         str(tmp_path / "mine"),
     ]
     args += ["--learn-concepts", "2", "--methods", "finetune", "--steps", "2", "--sample-steps", "2"]
-    args += ["--learn-images", "1", "--out", str(out), "--device", "cpu"]
+    args += ["--learn-images", "1", "--guidance", "3", "--out", str(out), "--device", "cpu"]
     assert main(args) == 0
     document = json.loads((out / "results.json").read_text())
+    assert document["generate_config"]["guidance_scale"] == 3.0
     assert [c["name"] for c in document["concepts"]] == ["mug", "rex"]
     assert document["concepts_in_folder"] == 3 and document["learn_config"]["method"] == "finetune"
     for concept in document["concepts"]:

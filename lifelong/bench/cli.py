@@ -21,7 +21,7 @@ from lifelong.base import BaseConfig, compile_requested, get_base
 from lifelong.bench import learnability, multi
 from lifelong.bench.report import write_report
 from lifelong.bench.sequence import SequenceConfig, results_json, run_sequence, setup_record
-from lifelong.configs import LearnConfig
+from lifelong.configs import GenerateConfig, LearnConfig
 from lifelong.errors import LifelongError
 from lifelong.folders import BUNDLED_CONCEPTS, load_concepts
 from lifelong.methods import METHODS
@@ -72,6 +72,12 @@ def _lifelong_arguments(parser: argparse.ArgumentParser) -> None:
         help="DDIM steps of eval images (default 20; --learn: 25, the app's)",
     )
     group.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help=f"classifier-free guidance of eval images (default {GenerateConfig.guidance_scale:g}, the app's)",
+    )
+    group.add_argument(
         "--quick",
         action="store_true",
         help=f"{QUICK['concepts']} concepts, methods {','.join(QUICK_METHODS)}, {QUICK['steps']} steps",
@@ -100,6 +106,7 @@ def sequence_settings(args: argparse.Namespace) -> tuple[SequenceConfig, int]:
         images_per_prompt=args.images_per_prompt or defaults["images_per_prompt"],
         seed=args.seed,
         sample_steps=args.sample_steps or SequenceConfig.sample_steps,
+        guidance_scale=GenerateConfig.guidance_scale if args.guidance is None else args.guidance,
         overrides=tuple(parse_pairs(args.set).items()),
     )
     return config, args.concepts or defaults["concepts"]

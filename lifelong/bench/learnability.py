@@ -222,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
     generate_config = GenerateConfig(num_images=args.learn_images, seed=args.seed)
     if args.sample_steps:
         generate_config = replace(generate_config, steps=args.sample_steps)
+    if args.guidance is not None:
+        generate_config = replace(generate_config, guidance_scale=args.guidance)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     references = reference_features(encoder, everyone, base.resolution)

@@ -94,7 +94,7 @@ class SequenceConfig:
     images_per_prompt: int = 2
     seed: int = 0
     sample_steps: int = 20
-    guidance_scale: float = 5.0
+    guidance_scale: float = GenerateConfig.guidance_scale
     colors: tuple[str, ...] = EVAL_COLORS
     # ("key", "value") pairs: LearnConfig fields for every method, method settings for the methods that
     # have them (e.g. ("clip", FOLDER) for the memory-based methods)
