@@ -132,7 +132,7 @@ METHODS: dict[str, Method] = {
         ),
         Method(
             "tame",
-            "Rainbow memory: replays generated samples of concepts, most-forgotten first (diffusion loss).",
+            "Rainbow memory: replays earlier concepts' images (or samples), most-forgotten first (diffusion loss).",
             components=("memory", "tame"),
         ),
         Method(

@@ -303,14 +303,14 @@ def test_stm_can_replay_the_stored_images_with_their_captions(tiny_base, tmp_pat
         config = LearnConfig(method="tame", steps=2, batch_size=2, settings=cheap("tame"))
         learn(tiny_base, session, pattern_images(seed=index), name, word, config, captions=captions[index])
     assert Session.open(session.root).concepts[1].captions == captions[1]  # kept in the manifest
-    memory = tame.build(build_context(tiny_base, session, "tame", memory=6, memory_references=True)).memory
+    memory = tame.build(build_context(tiny_base, session, "tame", memory=6)).memory  # the default
     assert sorted(memory.concepts) == [1, 1, 1, 2, 2, 2]  # every stored image once
     stored = {i: encode_images(tiny_base, session.images(i)) for i in (1, 2)}
     for row, concept, prompt in zip(memory.latents, memory.concepts, memory.prompts, strict=True):
         image = next(j for j in range(3) if torch.allclose(stored[concept][j], row))
         expected = session.rewrite_prompt(session.concepts[concept - 1].prompts[0], 2)
         assert prompt == f"{expected} {captions[concept - 1][image]}".strip()
-    samples = tame.build(build_context(tiny_base, session, "tame", memory=6)).memory
+    samples = tame.build(build_context(tiny_base, session, "tame", memory=6, memory_references=False)).memory
     assert len(samples) == 4  # the generated samples: two per concept, no captions
     assert set(samples.prompts) == {session.rewrite_prompt(c.prompts[0], 2) for c in session.concepts}
 

@@ -1,7 +1,7 @@
 """TAME — task-aware memory enhancement (L2DM): replay the short-term memory with the diffusion loss.
 
-With (x₀, c, i) drawn from the STM (see ``memory.py``: generated samples of earlier concepts, allocated by
-forgetting score), each step adds
+With (x₀, c, i) drawn from the STM (see ``memory.py``: earlier concepts' stored images with their captions,
+or their generated samples, allocated by forgetting score), each step adds
 
     L = μ · ‖ε_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t, c) − ε‖²,   ε ~ N(0, I), t ~ U{0..T-1}
 
