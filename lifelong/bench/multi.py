@@ -58,6 +58,7 @@ class MultiConfig:
     images_per_pair: int = 4  # seeds seed .. seed + n - 1, the same in both settings
     seed: int = 0
     sample_steps: int = 20
+    guidance_scale: float = GenerateConfig.guidance_scale
     color: str = "white"
     guided: tuple[tuple[str, str], ...] = ()  # GenerateConfig settings of the "on" run, e.g. attention_steps
 
@@ -230,7 +231,12 @@ def run_multi(
     session = _learn_all(base, learned, config, out, log)
     evaluator = MultiEvaluator(base, clip, everyone, identity)
     plain = GenerateConfig(
-        steps=config.sample_steps, num_images=config.images_per_pair, seed=config.seed, caa=False, oaa=False
+        steps=config.sample_steps,
+        guidance_scale=config.guidance_scale,
+        num_images=config.images_per_pair,
+        seed=config.seed,
+        caa=False,
+        oaa=False,
     )
     guided = override(dataclasses.replace(plain, caa=True, oaa=True), dict(config.guided))
     settings = {"off": plain, "on": guided}
@@ -333,6 +339,7 @@ def run(args: argparse.Namespace) -> int:
         images_per_pair=args.images_per_pair,
         seed=args.seed,
         sample_steps=args.sample_steps or MultiConfig.sample_steps,
+        guidance_scale=MultiConfig.guidance_scale if args.guidance is None else args.guidance,
         guided=tuple(parse_pairs(args.guided).items()),
     )
     everyone = load_concepts(args.concept_dir or BUNDLED_CONCEPTS)
