@@ -1,6 +1,6 @@
 """ECD — elastic concept distillation (L2DM): hold earlier concepts harder the more they have drifted.
 
-On STM samples (x₀, c, i) (real generated latents, not noise), with the previous checkpoint as teacher:
+On STM rows (x₀, c, i) (stored images or generated samples, not noise), with the previous checkpoint as teacher:
 
     x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε
     L = λ · mean_b w_{i_b} · ‖ε_student(x_t, t, c) − ε_teacher(x_t, t, c)‖²
