@@ -31,7 +31,7 @@ from lifelong.intake import ImageSource, load_images, square, validate_class_wor
 from lifelong.limits import check_learn
 from lifelong.methods import Method, get_method
 from lifelong.progress import CancelToken, Progress, ProgressFn
-from lifelong.prompts import check_captions, fill_template
+from lifelong.prompts import captioned, check_captions, fill_template
 from lifelong.settings import Value
 from lifelong.step import (
     AfterLearnContext,
@@ -132,7 +132,7 @@ def check_inputs(
     clean = load_images(images, base.resolution)
     prompt = fill_template(config.prompt_template, slot_token(slot), class_word)
     checked = check_captions(list(captions), len(clean))
-    prompts = [f"{prompt} {caption}".strip() for caption in checked]
+    prompts = [captioned(prompt, caption) for caption in checked]
     return _Plan(method, settings, name, class_word, slot, prompt, clean, checked, prompts)
 
 

@@ -60,6 +60,11 @@ def check_template(template: str) -> str:
     return check_prompt(template, "the prompt template")
 
 
+def captioned(prompt: str, caption: str) -> str:
+    """An image's training prompt: the concept's prompt, then what else the image shows."""
+    return f"{prompt} {caption}".strip()
+
+
 def check_captions(captions: list[str] | tuple[str, ...], images: int) -> list[str]:
     """One caption per image (or none at all): what each image shows besides the concept, plain words.
 

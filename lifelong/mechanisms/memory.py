@@ -33,6 +33,7 @@ from lifelong.base import BUNDLED_EVAL_CLIP, BaseModel
 from lifelong.encoding import decode, encode_images, encode_text
 from lifelong.generate import GenerateConfig, denoise
 from lifelong.metrics import EvalClip, image_features
+from lifelong.prompts import captioned
 from lifelong.settings import GUIDED, Cost, Setting, Value
 from lifelong.step import AfterLearnContext, BuildContext, StepContext
 
@@ -178,7 +179,7 @@ def short_term_memory(ctx: BuildContext) -> ShortTermMemory:
             with torch.no_grad():
                 latents = encode_images(ctx.base, session.images(i))
             captions = session.concepts[i - 1].captions or [""] * len(latents)
-            prompts += [f"{prompt} {captions[int(j)]}".strip() for j in keep]
+            prompts += [captioned(prompt, captions[int(j)]) for j in keep]
         else:
             keep = (extras["memory.features"] @ ltm.mean(0)).argsort(descending=True)[: quota[i]]
             latents = extras["memory.latents"]
