@@ -104,7 +104,11 @@ class _Plan:
     prompt: str  # the training prompt, with the slot token
     images: list[Image.Image]  # the clean images
     captions: list[str]  # what each image shows besides the concept ("" for none)
-    prompts: list[str]  # each image's training prompt: ``prompt`` and the image's caption
+
+    @property
+    def prompts(self) -> list[str]:
+        """Each image's training prompt: ``prompt`` and the image's caption."""
+        return [captioned(self.prompt, caption) for caption in self.captions]
 
 
 def check_inputs(
@@ -132,8 +136,7 @@ def check_inputs(
     clean = load_images(images, base.resolution)
     prompt = fill_template(config.prompt_template, slot_token(slot), class_word)
     checked = check_captions(list(captions), len(clean))
-    prompts = [captioned(prompt, caption) for caption in checked]
-    return _Plan(method, settings, name, class_word, slot, prompt, clean, checked, prompts)
+    return _Plan(method, settings, name, class_word, slot, prompt, clean, checked)
 
 
 def prepare_latents(base: BaseModel, plan: _Plan, config: LearnConfig) -> tuple[torch.Tensor, torch.Tensor]:
