@@ -171,6 +171,11 @@ class GenerateConfig:
         0.0, "overlap of normalised maps tolerated between concepts", 0.0, 1.0, slider=False
     )
     attention_res: int = setting(0, "side of the attention grid to use; 0 = automatic", 0, 1024, slider=False)
+    regional: bool = setting(
+        False,
+        "prompts naming two or more routed concepts: each concept's own UNet pass draws it where its words "
+        "attend (one pass per concept) instead of all their deltas mixed at part weight",
+    )
     icgen_strength: float = setting(
         1.0,
         "below 1: start from a named concept's stored image latent noised to this strength (ICGen); "

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from lifelong.adapters import use_state
-from lifelong.attention import AttentionControl, AttentionRecord, attention_control
+from lifelong.attention import AttentionControl, AttentionRecord, attention_control, prompt_tokens
 from lifelong.base import BaseModel
+from lifelong.composition import regional_unet
 from lifelong.concepts import Session
 from lifelong.configs import GenerateConfig, check
 from lifelong.encoding import decode, encode_text
@@ -29,6 +30,7 @@ from lifelong.pipelines import (
     sampling_pipeline,
 )
 from lifelong.progress import ProgressFn
+from lifelong.prompts import without_concepts
 
 __all__ = ["GenerateConfig", "denoise", "generate", "generate_with_maps", "initial_noise", "warm_up"]
 
@@ -63,14 +65,17 @@ def denoise(
     progress: ProgressFn | None = None,
     attention: AttentionControl | None = None,
     context: torch.Tensor | None = None,
+    unet: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     """Clean latents, one per seed, through diffusers' text-to-image pipeline with classifier-free guidance.
 
-    ``attention`` (CAA/OAA) may move the latents before each step's noise prediction. With a ``context``
+    ``attention`` (CAA/OAA) may move the latents before each step's noise prediction; ``unet`` stands in
+    for the base's (regional composition, lifelong.composition). With a ``context``
     latent and ``config.icgen_strength`` < 1, image-to-image from the context instead (ICGen): it keeps the
     last round(steps × strength) steps (at least one) and noises the context to the first kept one.
     """
-    unet = base.pipe.unet if attention is not None else base.sampling_unet()
+    if unet is None:
+        unet = base.pipe.unet if attention is not None else base.sampling_unet()
     hooks = StepHooks(attention.guide if attention is not None else None, progress)
     common: dict[str, Any] = {
         "prompt_embeds": cond,
@@ -148,6 +153,16 @@ def generate(
     negative = session.rewrite_prompt(config.negative_prompt, k, "the negative prompt")
     seeds = [config.seed + i for i in range(config.num_images)]
     context = vision_context(session, prompt, k, config.icgen_context) if config.icgen_strength < 1 else None
+    regions = regional_concepts(session, prompt, k) if config.regional else []
+    if regions and (config.caa or config.oaa):
+        raise InvalidSettingError(
+            "regional composition and CAA/OAA attention guidance are alternatives for prompts naming two "
+            "routed concepts: turn one of them off."
+        )
+    if regions:
+        return _generate_regional(
+            base, session, k, prompt, negative, seeds, config, regions, progress, record
+        )
     with use_state(base, session.state(k, base.slot_token_ids, prompt)), torch.no_grad():
         cond, uncond = encode_text(base, [text]), encode_text(base, [negative])
         # attention guidance needs autograd; plain sampling skips its bookkeeping altogether
@@ -157,6 +172,52 @@ def generate(
         ):
             latents = denoise(base, seeds, cond, uncond, config, progress, control, context)
             return decode(base, latents)
+
+
+def regional_concepts(session: Session, prompt: str, checkpoint: int) -> list[int]:
+    """The distinct routed (unstacked) concepts ``prompt`` names, 1-based, when there are two or more:
+    those regional composition draws apart; else none."""
+    named = dict.fromkeys(
+        i for i in session.named_concepts(prompt) if i <= checkpoint and not session.concepts[i - 1].stacked
+    )
+    return list(named) if len(named) >= 2 else []
+
+
+def _generate_regional(
+    base: BaseModel,
+    session: Session,
+    k: int,
+    prompt: str,
+    negative: str,
+    seeds: list[int],
+    config: GenerateConfig,
+    regions: list[int],
+    progress: ProgressFn | None,
+    record: AttentionRecord | None,
+) -> list[Image.Image]:
+    """Generate with one UNet pass per named routed concept, each with its own deltas and its prompt without
+    the other routed concepts' tokens, blended by region (lifelong.composition)."""
+    names = session.names()
+    passes = []
+    for i in regions:
+        # the stacked concepts and this routed one, as a prompt naming it alone would get
+        state = session.state(k, base.slot_token_ids, f"<{names[i - 1]}>")
+        others = {names[j - 1] for j in regions if j != i}
+        own_text = session.rewrite_prompt(without_concepts(prompt, others), k)
+        with use_state(base, state), torch.no_grad():
+            cond = encode_text(base, [own_text])
+        passes.append((state, cond, prompt_tokens(base, own_text, names[:k]), f"<{names[i - 1]}>"))
+    text = session.rewrite_prompt(prompt, k)
+    with use_state(base, passes[0][0]), torch.no_grad():  # every state holds every concept's embedding
+        cond, uncond = encode_text(base, [text]), encode_text(base, [negative])
+    full = prompt_tokens(base, text, names[:k])
+    with (
+        base.lock,
+        torch.inference_mode(),
+        regional_unet(base, passes, full, len(seeds), config.attention_res, record) as unet,
+    ):
+        latents = denoise(base, seeds, cond, uncond, config, progress, unet=unet)
+        return decode(base, latents)
 
 
 def generate_with_maps(

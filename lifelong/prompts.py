@@ -102,3 +102,9 @@ def fill_template(template: str, token: str, class_word: str) -> str:
 def with_article(phrase: str) -> str:
     """``phrase`` with "a" or "an" before it ("an animal", "a dog")."""
     return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
+
+
+def without_concepts(prompt: str, names: set[str]) -> str:
+    """``prompt`` with the concept tokens ``<name>`` of ``names`` left out (their class words stay)."""
+    kept = TOKEN_PATTERN.sub(lambda match: "" if match.group(1) in names else match.group(0), prompt)
+    return " ".join(kept.split())

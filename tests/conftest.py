@@ -37,3 +37,15 @@ def pattern_images(count: int = 3, size: int = 48, seed: int = 0) -> list[Image.
         array[disc] = (230, 30, 40)
         images.append(Image.fromarray(array))
     return images
+
+
+@pytest.fixture(scope="session")
+def sharp_base():
+    """A tiny base whose cross-attention is sharp, as a trained model's is: a random tiny UNet attends
+    almost uniformly to every word wherever it looks, which leaves nothing for guidance to separate."""
+    pipe = tiny_pipeline(seed=1)
+    with torch.no_grad():
+        for name, module in pipe.unet.named_modules():
+            if name.endswith(("attn2.to_q", "attn2.to_k")):
+                module.weight.mul_(8.0)
+    return prepare_base(pipe, BaseConfig(model="tiny-sharp", concept_slots=4), torch.device("cpu"))

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import pattern_images
-from tiny import tiny_pipeline
 
 from lifelong.adapters import use_state
 from lifelong.attention import (
@@ -17,7 +16,6 @@ from lifelong.attention import (
     capture_resolution,
     prompt_tokens,
 )
-from lifelong.base import BaseConfig, prepare_base
 from lifelong.concepts import Session
 from lifelong.encoding import decode, encode_text
 from lifelong.errors import Cancelled
@@ -26,18 +24,6 @@ from lifelong.learner import LearnConfig, learn
 
 PROMPT = "a red <rex> dog and a <mug> on the left"
 OFF = GenerateConfig(steps=6, seed=3, num_images=2, caa=False, oaa=False, attention_steps=6)
-
-
-@pytest.fixture(scope="module")
-def sharp_base():
-    """A tiny base whose cross-attention is sharp, as a trained model's is: a random tiny UNet attends
-    almost uniformly to every word wherever it looks, which leaves nothing for guidance to separate."""
-    pipe = tiny_pipeline(seed=1)
-    with torch.no_grad():
-        for name, module in pipe.unet.named_modules():
-            if name.endswith(("attn2.to_q", "attn2.to_k")):
-                module.weight.mul_(8.0)
-    return prepare_base(pipe, BaseConfig(model="tiny-sharp", concept_slots=4), torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

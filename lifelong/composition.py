@@ -1,0 +1,200 @@
+"""Two or more routed concepts in one image, each drawn by its own deltas in its own region.
+
+A routed concept's deltas are learned alone from the base and applied only when a prompt names it
+(``Session.weights``). A prompt naming two of them gets both at half weight, everywhere: each object then
+shows a blend of both concepts at half strength. Regional composition instead runs the UNet once per named
+concept at every sampling step, with that concept's deltas alone at full weight, and blends the noise
+predictions per latent location: a location takes the prediction of the concept whose words (its token and
+the words bound to it, e.g. its class word) attend there most in that concept's own pass. This is the
+regionally controllable sampling of Mix-of-Show and OMG, with the regions read from cross-attention at each
+step instead of drawn by the user. It costs one UNet pass per named concept instead of one.
+
+The wrapper stands in for the UNet in diffusers' pipelines (lifelong.pipelines.sampling_pipeline); the
+maps come from the capture processors of lifelong.attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lifelong.adapters import ModelState, use_state
+from lifelong.attention import (
+    AttentionRecord,
+    AttentionStore,
+    PromptTokens,
+    capture_processors,
+    capture_resolution,
+    group_maps,
+)
+from lifelong.base import BaseModel
+
+# Weights are softmax(peak-normalised map / SHARPNESS) over the concepts: a location goes almost wholly
+# (e^3 : 1 at 0.3) to a concept whose map there is 0.3 of its peak above the other's
+SHARPNESS = 0.1
+
+
+def region_weights(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """(images, concepts, res, res) attention maps → (images, concepts, size, size) blend weights that sum
+    to one over the concepts at each location (each map scaled to its own peak first, so a concept whose
+    words attend weakly overall still owns the places it attends most)."""
+    peak = maps.flatten(2).amax(-1).clamp_min(1e-12)[..., None, None]
+    weights = torch.softmax((maps / peak) / SHARPNESS, dim=1)
+    return F.interpolate(weights, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@dataclass
+class RegionalPass:
+    """One concept's pass: its state, its prompt's conditional text states (the prompt with the other
+    routed concepts' tokens left out, so the pass draws them as their class words), a store for that
+    prompt's words, the concept's word indices in it, and for each word of the full prompt its index in
+    this pass's words (-1: a token this pass leaves out)."""
+
+    state: ModelState
+    cond: torch.Tensor  # (1, tokens, width)
+    store: AttentionStore
+    group: list[int]
+    to_pass: list[int]
+
+
+class _Switch:
+    """The store the capture processors hand maps to: the current pass's."""
+
+    def __init__(self) -> None:
+        self.current: AttentionStore | None = None
+
+    def wants(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None) -> bool:
+        return self.current is not None and self.current.wants(hidden_states, encoder_hidden_states)
+
+    def add(self, probs: torch.Tensor, heads: int) -> None:
+        assert self.current is not None
+        self.current.add(probs, heads)
+
+
+class RegionalUNet(nn.Module):
+    """Calls the base's UNet once per pass (one per named routed concept) and blends the outputs by region.
+
+    ``images``: images per prompt, so the conditional half of a classifier-free-guidance batch can be told
+    from the unconditional one. ``composed_maps()``: the full prompt's word maps as composed, averaged over
+    the steps (each location's words from each pass, in that pass's share of the location).
+    """
+
+    def __init__(self, base: BaseModel, passes: Sequence[RegionalPass], switch: _Switch, images: int) -> None:
+        super().__init__()
+        self.base, self.passes, self.switch, self.images = base, list(passes), switch, images
+        self.inner = base.pipe.unet
+        self._sum: torch.Tensor | None = None
+        self._count = 0
+
+    @property
+    def config(self) -> Any:
+        return self.inner.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.inner.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    def forward(
+        self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor, **kwargs: Any
+    ) -> Any:
+        outputs, words = [], []
+        for one in self.passes:
+            context = encoder_hidden_states.clone()
+            context[-self.images :] = one.cond.to(context.dtype)  # the conditional rows
+            self.switch.current = one.store
+            try:
+                with use_state(self.base, one.state), one.store.guiding() as captured:
+                    output = self.inner(sample, timestep, context, **kwargs)
+            finally:
+                self.switch.current = None
+            words.append(torch.stack(captured).mean(0)[-self.images :])  # (images, locations, words)
+            outputs.append(output[0] if isinstance(output, tuple) else output.sample)
+        res = self.passes[0].store.resolution
+        maps = torch.stack(
+            [group_maps(w, [one.group])[:, 0] for w, one in zip(words, self.passes, strict=True)], dim=1
+        )
+        shares = region_weights(maps.unflatten(-1, (res, res)), res).flatten(2)  # (images, passes, locations)
+        self._record(words, shares)
+        weights = region_weights(maps.unflatten(-1, (res, res)), sample.shape[-1]).to(outputs[0].dtype)
+        weights = weights.repeat(len(sample) // self.images, 1, 1, 1)  # both guidance halves blend alike
+        blended = sum(weights[:, i : i + 1] * out for i, out in enumerate(outputs))
+        return (blended,)
+
+    def _record(self, words: Sequence[torch.Tensor], shares: torch.Tensor) -> None:
+        composed = 0.0
+        for i, (own, one) in enumerate(zip(words, self.passes, strict=True)):
+            padded = torch.cat([own, torch.zeros_like(own[..., :1])], dim=-1)  # index -1: a left-out token
+            composed = composed + shares[:, i, :, None] * padded[..., one.to_pass]
+        assert isinstance(composed, torch.Tensor)
+        composed = composed / composed.sum(-1, keepdim=True).clamp_min(1e-12)
+        self._sum = composed if self._sum is None else self._sum + composed
+        self._count += 1
+
+    def composed_maps(self) -> torch.Tensor:
+        """(images, res, res, words of the full prompt)."""
+        if self._sum is None:
+            raise RuntimeError("no sampling step ran through the regional UNet.")
+        res = self.passes[0].store.resolution
+        return (self._sum / self._count).unflatten(1, (res, res))
+
+
+def concept_group(tokens: PromptTokens, label: str) -> list[int]:
+    """A concept's word indices: its own token(s) and the words bound to it."""
+    return sorted({*tokens.concepts[label], *tokens.attributes.get(label, [])})
+
+
+def word_alignment(full: PromptTokens, own: PromptTokens, left_out: set[str]) -> list[int]:
+    """For each word of the full prompt, its index among a pass's words (-1 for the tokens it leaves out):
+    the pass's prompt is the full one without the ``left_out`` concept labels."""
+    alignment, j = [], 0
+    for word in full.words:
+        if word in left_out or j >= len(own.words):
+            alignment.append(-1)
+            continue
+        alignment.append(j)
+        j += 1
+    return alignment
+
+
+@contextmanager
+def regional_unet(
+    base: BaseModel,
+    passes: Sequence[tuple[ModelState, torch.Tensor, PromptTokens, str]],
+    full: PromptTokens,
+    images: int,
+    attention_res: int = 0,
+    record: AttentionRecord | None = None,
+) -> Iterator[RegionalUNet]:
+    """The wrapper for one generation from (state, conditional text states, the pass prompt's tokens, the
+    concept's label) per concept and the full prompt's tokens, with map-capturing processors swapped into
+    the UNet meanwhile. On exit, ``record`` holds the composed maps of the full prompt's words."""
+    unet = base.pipe.unet
+    resolution = capture_resolution(unet, attention_res)
+    labels = {label for *_, label in passes}
+    built = [
+        RegionalPass(
+            state,
+            cond,
+            AttentionStore(resolution, tokens.positions),
+            concept_group(tokens, label),
+            word_alignment(full, tokens, labels - {label}),
+        )
+        for state, cond, tokens, label in passes
+    ]
+    switch = _Switch()
+    with capture_processors(unet, switch):  # type: ignore[arg-type]
+        wrapper = RegionalUNet(base, built, switch, images)
+        yield wrapper
+    if record is not None:
+        record.words, record.concepts, record.attributes = full.words, full.concepts, full.attributes
+        record.maps = wrapper.composed_maps().cpu()
