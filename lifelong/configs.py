@@ -134,6 +134,14 @@ class LearnConfig:
     # images as given learned better than with flips and crops (identification 0.66 against 0.62, normalised
     # IA 0.59 against 0.47) or flips alone (0.54, 0.49): a mirrored or zoomed emoji is another picture
     augment: bool = setting(False, "horizontal flips and random crops, encoded once")
+    noisy_bias: float = setting(
+        1.0,
+        "how much likelier the noisiest quarter of training timesteps is than the rest (1 = uniform): "
+        "those steps set a concept's colours and shape",
+        0.25,
+        8.0,
+        slider=False,
+    )
     seed: int = setting(0, "seed of the noise, timesteps and augmentation", 0, MAX_SEED, slider=False)
     prompt_template: str = setting("a {token} {class_word}", "the training prompt")
     settings: dict[str, float | int | str | bool] = dataclasses.field(

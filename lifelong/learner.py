@@ -201,7 +201,7 @@ def training_step(
             0, len(latents_all), (config.batch_size,), generator=generator, device=base.device
         )
         latents = latents_all[pick]
-        noisy, noise, timesteps = noise_latents(base, latents, generator)
+        noisy, noise, timesteps = noise_latents(base, latents, generator, config.noisy_bias)
         encode = lambda prompts: encode_text(base, prompts)  # noqa: E731
         ctx = StepContext(
             base=base, session=session, trainset=trainset, step=step, latents=latents, noise=noise,

@@ -147,21 +147,33 @@ def prediction_target(
 
 
 def draw_noise(
-    base: BaseModel, shape: Sequence[int], generator: torch.Generator, device: torch.device
+    base: BaseModel,
+    shape: Sequence[int],
+    generator: torch.Generator,
+    device: torch.device,
+    noisy_bias: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian noise of ``shape`` and one training timestep per row, drawn in this order on the generator's
-    device (so a CPU generator gives the same numbers for every device), then moved to ``device``."""
+    device (so a CPU generator gives the same numbers for every device), then moved to ``device``.
+
+    Timesteps are uniform, or with ``noisy_bias`` ≠ 1 the noisiest quarter is that many times as likely as
+    the rest (diffusers' "later" timestep bias strategy, portion 0.25)."""
     noise = torch.randn(tuple(shape), generator=generator, device=generator.device)
     steps = base.train_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, steps, (shape[0],), generator=generator, device=generator.device)
+    if noisy_bias == 1.0:
+        timesteps = torch.randint(0, steps, (shape[0],), generator=generator, device=generator.device)
+    else:
+        weights = torch.ones(steps, device=generator.device)
+        weights[-(steps // 4) :] = noisy_bias
+        timesteps = torch.multinomial(weights, shape[0], replacement=True, generator=generator)
     return noise.to(device), timesteps.to(device)
 
 
 def noise_latents(
-    base: BaseModel, latents: torch.Tensor, generator: torch.Generator
+    base: BaseModel, latents: torch.Tensor, generator: torch.Generator, noisy_bias: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x_t in the base's dtype, with the ε and t drawn for it (``draw_noise``)."""
-    noise, timesteps = draw_noise(base, latents.shape, generator, latents.device)
+    noise, timesteps = draw_noise(base, latents.shape, generator, latents.device, noisy_bias)
     noisy = base.train_scheduler.add_noise(latents, noise, timesteps).to(base.dtype)
     return noisy, noise, timesteps
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lifelong.encoding import encode_text
 from lifelong.generate import GenerateConfig, denoise, initial_noise
-from lifelong.step import diffusion_loss
+from lifelong.step import diffusion_loss, draw_noise
 
 
 def test_diffusion_loss_is_the_noise_timestep_add_noise_mse_block(tiny_base):
@@ -100,3 +100,16 @@ def test_step_hooks_move_the_latents_where_the_old_loop_did(tiny_base, strength)
         x = old_loop(base, config, cond, uncond, [3, 4], guide=old.guide, context=context)
     assert new.calls == old.calls and len(new.calls) == round(4 * strength)
     assert torch.equal(latents, x)
+
+
+def test_noisy_bias_makes_the_noisiest_quarter_that_many_times_as_likely(tiny_base):
+    steps = tiny_base.train_scheduler.config.num_train_timesteps
+    cpu = torch.device("cpu")
+    _, uniform = draw_noise(tiny_base, (4000, 1), torch.Generator().manual_seed(0), cpu)
+    _, plain = draw_noise(tiny_base, (4000, 1), torch.Generator().manual_seed(0), cpu, noisy_bias=1.0)
+    assert torch.equal(uniform, plain)  # 1 is the uniform draw itself, number for number
+    _, biased = draw_noise(tiny_base, (4000, 1), torch.Generator().manual_seed(0), cpu, noisy_bias=4.0)
+    noisiest = steps - steps // 4
+    assert abs(float((uniform >= noisiest).float().mean()) - 0.25) < 0.03
+    assert abs(float((biased >= noisiest).float().mean()) - 4 / 7) < 0.03  # 4 × ¼ against ¾ of the mass
+    assert int(biased.min()) >= 0 and int(biased.max()) < steps
