@@ -26,6 +26,7 @@ from lifelong.errors import LimitError
 # and l2dm forgot as much as finetune (Δ IAD −0.009, −0.017, −0.030, intervals across 0).
 DEFAULT_METHOD = "routed+dfkd"
 MAX_LORA_RANK = 64  # also bounds the rank of an imported checkpoint's LoRA factors (lifelong.signature)
+MAX_REGIONS = 3  # routed concepts one regional generation draws apart: one UNet pass each (lifelong.limits)
 MAX_SEED = 2**31 - 1  # memory samples derive seeds as seed × 1000 + i: keep that inside 64 bits
 
 
@@ -181,8 +182,8 @@ class GenerateConfig:
     attention_res: int = setting(0, "side of the attention grid to use; 0 = automatic", 0, 1024, slider=False)
     regional: bool = setting(
         False,
-        "prompts naming two or more routed concepts: each concept's own UNet pass draws it where its words "
-        "attend (one pass per concept) instead of all their deltas mixed at part weight",
+        f"prompts naming 2–{MAX_REGIONS} routed concepts: each concept's own UNet pass draws it where its "
+        "words attend (one pass per concept) instead of all their deltas mixed at part weight",
     )
     icgen_strength: float = setting(
         1.0,

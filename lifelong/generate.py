@@ -18,7 +18,7 @@ from lifelong.attention import AttentionControl, AttentionRecord, attention_cont
 from lifelong.base import BaseModel
 from lifelong.composition import regional_unet
 from lifelong.concepts import Session
-from lifelong.configs import GenerateConfig, check
+from lifelong.configs import MAX_REGIONS, GenerateConfig, check
 from lifelong.encoding import decode, encode_text
 from lifelong.errors import InvalidPromptError, InvalidSettingError
 from lifelong.pipelines import (
@@ -176,10 +176,15 @@ def generate(
 
 def regional_concepts(session: Session, prompt: str, checkpoint: int) -> list[int]:
     """The distinct routed (unstacked) concepts ``prompt`` names, 1-based, when there are two or more:
-    those regional composition draws apart; else none."""
+    those regional composition draws apart; else none. More than MAX_REGIONS is refused (a pass each)."""
     named = dict.fromkeys(
         i for i in session.named_concepts(prompt) if i <= checkpoint and not session.concepts[i - 1].stacked
     )
+    if len(named) > MAX_REGIONS:
+        raise InvalidPromptError(
+            f"regional composition draws at most {MAX_REGIONS} concepts apart; this prompt names "
+            f"{len(named)}. Name fewer, or turn regional off."
+        )
     return list(named) if len(named) >= 2 else []
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from lifelong.configs import GenerateConfig, LearnConfig, check
+from lifelong.configs import MAX_REGIONS, GenerateConfig, LearnConfig, check
 from lifelong.errors import LimitError
 from lifelong.methods import get_method
 from lifelong.prompts import check_template
@@ -38,9 +38,11 @@ def learn_seconds(config: LearnConfig, concepts: int = 0) -> float:
 
 def generate_seconds(config: GenerateConfig, generations: int = 1) -> float:
     """``generations`` calls of generate with ``config`` (classifier-free guidance runs the UNet twice)."""
-    # guided steps (the first attention_steps of them) run the UNet once more
+    # guided steps (the first attention_steps of them) run the UNet once more; regional composition runs
+    # it once per concept it draws apart, and the prompt is not known here: at most MAX_REGIONS
     guided = min(config.attention_steps, config.steps) if config.caa or config.oaa else 0
-    unet_calls = 2 * generations * (config.steps + guided) * config.num_images
+    passes = MAX_REGIONS if config.regional else 1
+    unet_calls = 2 * generations * (config.steps + guided) * config.num_images * passes
     return GENERATE_OVERHEAD_S + unet_calls * SECONDS_PER_SAMPLE
 
 

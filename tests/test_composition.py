@@ -14,9 +14,10 @@ from lifelong.attention import AttentionRecord, prompt_tokens
 from lifelong.composition import region_weights, regional_unet
 from lifelong.concepts import Session
 from lifelong.encoding import encode_text
-from lifelong.errors import InvalidSettingError
+from lifelong.errors import InvalidPromptError, InvalidSettingError
 from lifelong.generate import GenerateConfig, generate
 from lifelong.learner import LearnConfig, learn
+from lifelong.limits import GENERATE_OVERHEAD_S, generate_seconds
 
 PROMPT = "a <rex> dog and a <mug> mug"
 PLAIN = GenerateConfig(steps=4, seed=3, num_images=2)
@@ -110,3 +111,23 @@ def test_one_routed_concept_is_plain_sampling_and_guidance_is_an_alternative(sha
     )
     with pytest.raises(InvalidSettingError, match="alternatives"):
         generate(sharp_base, routed, PROMPT, dataclasses.replace(REGIONAL, caa=True))
+
+
+def test_regional_cost_is_budgeted_and_bounded(sharp_base, routed, tmp_path):
+    plain, regional = (
+        generate_seconds(PLAIN) - GENERATE_OVERHEAD_S,
+        generate_seconds(REGIONAL) - GENERATE_OVERHEAD_S,
+    )
+    assert regional == pytest.approx(3 * plain)  # up to MAX_REGIONS passes per step, budgeted before it runs
+    many = Session.create(tmp_path / "many", "tiny-sharp")
+    for seed, name in enumerate(("a", "b", "c", "d")):
+        learn(
+            sharp_base,
+            many,
+            pattern_images(seed=seed),
+            name,
+            "toy",
+            LearnConfig("routed", steps=1, seed=seed),
+        )
+    with pytest.raises(InvalidPromptError, match="at most 3"):
+        generate(sharp_base, many, "<a> toy, <b> toy, <c> toy and <d> toy", REGIONAL)
