@@ -3,8 +3,9 @@
 A routed concept's deltas are learned alone from the base and applied only when a prompt names it
 (``Session.weights``). A prompt naming two of them gets both at half weight, everywhere: each object then
 shows a blend of both concepts at half strength. Regional composition instead runs the UNet once per named
-concept at every sampling step, with that concept's deltas alone at full weight, and blends the noise
-predictions per latent location: a location takes the prediction of the concept whose words (its token and
+concept at every sampling step, with that concept's deltas alone at full weight and the prompt without the
+other routed concepts' tokens (so that pass draws them as their class words: what its deltas were learned
+with), and blends the noise predictions per latent location: a location takes the prediction of the concept whose words (its token and
 the words bound to it, e.g. its class word) attend there most in that concept's own pass. This is the
 regionally controllable sampling of Mix-of-Show and OMG, with the regions read from cross-attention at each
 step instead of drawn by the user. It costs one UNet pass per named concept instead of one.
