@@ -1,6 +1,6 @@
 """File sizes of a concept's LoRA export, SVD ranks and errors (docs/BENCHMARKS.md, "Export").
 
-    LIFELONG_TORCH_THREADS=1 python scripts/export_sizes.py [--steps 200]
+    LIFELONG_TORCH_THREADS=1 PYTHONPATH=. python scripts/export_sizes.py [--steps 200]
 
 Bundled model: the first shipped example concept learned with finetune as dense K/V increments, as LoRA on
 K/V and as LoRA on every attention projection (rank 4), each exported in both formats; dense deltas at

@@ -1,6 +1,6 @@
 """Seconds per concept and peak memory of every method relative to finetune, on the tiny test pipeline.
 
-    LIFELONG_TORCH_THREADS=1 python scripts/method_costs.py [--steps 30] [--rounds 2]
+    LIFELONG_TORCH_THREADS=1 PYTHONPATH=. python scripts/method_costs.py [--steps 30] [--rounds 2]
 
 Each (method, round) runs in a fresh process that builds the tiny pipeline (tests/tiny.py), registers a
 tiny CLIP for the memory features, generates once (so the allocator is warm), then learns the same three
