@@ -161,7 +161,7 @@ def generate(
         )
     if regions:
         return _generate_regional(
-            base, session, k, prompt, negative, seeds, config, regions, progress, record
+            base, session, k, prompt, negative, seeds, config, regions, progress, record, context
         )
     with use_state(base, session.state(k, base.slot_token_ids, prompt)), torch.no_grad():
         cond, uncond = encode_text(base, [text]), encode_text(base, [negative])
@@ -199,29 +199,33 @@ def _generate_regional(
     regions: list[int],
     progress: ProgressFn | None,
     record: AttentionRecord | None,
+    context: torch.Tensor | None,
 ) -> list[Image.Image]:
     """Generate with one UNet pass per named routed concept, each with its own deltas and its prompt without
     the other routed concepts' tokens, blended by region (lifelong.composition)."""
     names = session.names()
-    passes = []
-    for i in regions:
-        # the stacked concepts and this routed one, as a prompt naming it alone would get
-        state = session.state(k, base.slot_token_ids, f"<{names[i - 1]}>")
-        others = {names[j - 1] for j in regions if j != i}
-        own_text = session.rewrite_prompt(without_concepts(prompt, others), k)
-        with use_state(base, state), torch.no_grad():
-            cond = encode_text(base, [own_text])
-        passes.append((state, cond, prompt_tokens(base, own_text, names[:k]), f"<{names[i - 1]}>"))
+    labels = [f"<{names[i - 1]}>" for i in regions]
+    # per concept: the stacked concepts and this routed one, as a prompt naming it alone would get
+    states = [session.state(k, base.slot_token_ids, label) for label in labels]
+    own_texts = [
+        session.rewrite_prompt(without_concepts(prompt, {names[j - 1] for j in regions if j != i}), k)
+        for i in regions
+    ]
     text = session.rewrite_prompt(prompt, k)
-    with use_state(base, passes[0][0]), torch.no_grad():  # every state holds every concept's embedding
+    with use_state(base, states[0]), torch.no_grad():  # every state holds every concept's embedding
+        conds = [encode_text(base, [own]) for own in own_texts]
         cond, uncond = encode_text(base, [text]), encode_text(base, [negative])
+    passes = [
+        (state, own_cond, prompt_tokens(base, own, names[:k]), label)
+        for state, own_cond, own, label in zip(states, conds, own_texts, labels, strict=True)
+    ]
     full = prompt_tokens(base, text, names[:k])
     with (
         base.lock,
         torch.inference_mode(),
         regional_unet(base, passes, full, len(seeds), config.attention_res, record) as unet,
     ):
-        latents = denoise(base, seeds, cond, uncond, config, progress, unet=unet)
+        latents = denoise(base, seeds, cond, uncond, config, progress, context=context, unet=unet)
         return decode(base, latents)
 
 

@@ -131,3 +131,14 @@ def test_regional_cost_is_budgeted_and_bounded(sharp_base, routed, tmp_path):
         )
     with pytest.raises(InvalidPromptError, match="at most 3"):
         generate(sharp_base, many, "<a> toy, <b> toy, <c> toy and <d> toy", REGIONAL)
+
+
+def test_regional_generation_starts_from_a_stored_latent_when_asked(sharp_base, tmp_path):
+    session = Session.create(tmp_path / "icgen", "tiny-sharp")
+    for name, word, seed in (("rex", "dog", 0), ("mug", "mug", 2)):
+        config = LearnConfig("routed+icgen", steps=2, seed=seed)
+        learn(sharp_base, session, pattern_images(seed=seed), name, word, config)
+    start = dataclasses.replace(REGIONAL, icgen_strength=0.5)
+    from_context = pixels(generate(sharp_base, session, PROMPT, start))
+    from_noise = pixels(generate(sharp_base, session, PROMPT, REGIONAL))
+    assert np.abs(from_context - from_noise).mean() > 0.5  # ICGen's start reaches the regional run
