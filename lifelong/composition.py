@@ -5,8 +5,9 @@ A routed concept's deltas are learned alone from the base and applied only when 
 shows a blend of both concepts at half strength. Regional composition instead runs the UNet once per named
 concept at every sampling step, with that concept's deltas alone at full weight and the prompt without the
 other routed concepts' tokens (so that pass draws them as their class words: what its deltas were learned
-with), and blends the noise predictions per latent location: a location takes the prediction of the concept whose words (its token and
-the words bound to it, e.g. its class word) attend there most in that concept's own pass. This is the
+with), and blends the noise predictions per latent location: a location takes the prediction of the
+concept whose words (its token and the words bound to it, e.g. its class word) attend there most in that
+concept's own pass. This is the
 regionally controllable sampling of Mix-of-Show and OMG, with the regions read from cross-attention at each
 step instead of drawn by the user. It costs one UNet pass per named concept instead of one.
 
@@ -124,19 +125,20 @@ class RegionalUNet(nn.Module):
         maps = torch.stack(
             [group_maps(w, [one.group])[:, 0] for w, one in zip(words, self.passes, strict=True)], dim=1
         )
-        shares = region_weights(maps.unflatten(-1, (res, res)), res).flatten(2)  # (images, passes, locations)
-        self._record(words, shares)
-        weights = region_weights(maps.unflatten(-1, (res, res)), sample.shape[-1]).to(outputs[0].dtype)
-        weights = weights.repeat(len(sample) // self.images, 1, 1, 1)  # both guidance halves blend alike
+        shares = region_weights(maps.unflatten(-1, (res, res)), res)  # (images, passes, res, res)
+        self._record(words, shares.flatten(2))
+        size = sample.shape[-1]
+        weights = F.interpolate(shares, size=(size, size), mode="bilinear", align_corners=False)
+        weights = weights.to(outputs[0].dtype).repeat(len(sample) // self.images, 1, 1, 1)  # both CFG halves
         blended = sum(weights[:, i : i + 1] * out for i, out in enumerate(outputs))
         return (blended,)
 
     def _record(self, words: Sequence[torch.Tensor], shares: torch.Tensor) -> None:
-        composed = 0.0
+        parts = []
         for i, (own, one) in enumerate(zip(words, self.passes, strict=True)):
             padded = torch.cat([own, torch.zeros_like(own[..., :1])], dim=-1)  # index -1: a left-out token
-            composed = composed + shares[:, i, :, None] * padded[..., one.to_pass]
-        assert isinstance(composed, torch.Tensor)
+            parts.append(shares[:, i, :, None] * padded[..., one.to_pass])
+        composed = torch.stack(parts).sum(0)
         composed = composed / composed.sum(-1, keepdim=True).clamp_min(1e-12)
         self._sum = composed if self._sum is None else self._sum + composed
         self._count += 1

@@ -161,7 +161,7 @@ def generate(
         )
     if regions:
         return _generate_regional(
-            base, session, k, prompt, negative, seeds, config, regions, progress, record, context
+            base, session, k, prompt, text, negative, seeds, config, regions, progress, record, context
         )
     with use_state(base, session.state(k, base.slot_token_ids, prompt)), torch.no_grad():
         cond, uncond = encode_text(base, [text]), encode_text(base, [negative])
@@ -193,6 +193,7 @@ def _generate_regional(
     session: Session,
     k: int,
     prompt: str,
+    text: str,
     negative: str,
     seeds: list[int],
     config: GenerateConfig,
@@ -202,7 +203,8 @@ def _generate_regional(
     context: torch.Tensor | None,
 ) -> list[Image.Image]:
     """Generate with one UNet pass per named routed concept, each with its own deltas and its prompt without
-    the other routed concepts' tokens, blended by region (lifelong.composition)."""
+    the other routed concepts' tokens, blended by region (lifelong.composition). ``text``: ``prompt``
+    rewritten to slot tokens."""
     names = session.names()
     labels = [f"<{names[i - 1]}>" for i in regions]
     # per concept: the stacked concepts and this routed one, as a prompt naming it alone would get
@@ -211,7 +213,6 @@ def _generate_regional(
         session.rewrite_prompt(without_concepts(prompt, {names[j - 1] for j in regions if j != i}), k)
         for i in regions
     ]
-    text = session.rewrite_prompt(prompt, k)
     with use_state(base, states[0]), torch.no_grad():  # every state holds every concept's embedding
         conds = [encode_text(base, [own]) for own in own_texts]
         cond, uncond = encode_text(base, [text]), encode_text(base, [negative])
