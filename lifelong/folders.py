@@ -1,7 +1,7 @@
 """Concepts kept as folders of images: the examples shipped in ``assets/concepts`` and a user's own.
 
 A folder holds one subfolder of images per concept and, optionally, an ``index.json``
-(``[{"name", "class_word"}]``, in order). An image may have a caption file beside it (``0.png`` and
+(``[{"name", "class_word", "example"}]``, in order; ``example`` marks the app's one-click examples). An image may have a caption file beside it (``0.png`` and
 ``0.txt``, kohya's convention) saying what it shows besides the concept ("on a red background"). The app
 offers the shipped ones as one-click examples; the benchmarks learn them in order.
 """
@@ -27,6 +27,7 @@ class FolderConcept:
     class_word: str
     images: tuple[ImageSource, ...]
     captions: tuple[str, ...] = ()  # one per image, or none
+    example: bool = False  # the index offers it as a one-click example
 
     @property
     def subject(self) -> str:
@@ -55,18 +56,27 @@ def load_concepts(folder: str | Path = BUNDLED_CONCEPTS, count: int | None = Non
     folder = Path(folder)
     index = folder / "index.json"
     if index.exists():
-        entries = [(item["name"], item.get("class_word", "")) for item in json.loads(index.read_text())]
+        entries = [
+            (item["name"], item.get("class_word", ""), bool(item.get("example", False)))
+            for item in json.loads(index.read_text())
+        ]
     else:
-        entries = [(sub.name, "") for sub in sorted(folder.iterdir()) if sub.is_dir()]
+        entries = [(sub.name, "", False) for sub in sorted(folder.iterdir()) if sub.is_dir()]
     concepts = []
-    for raw_name, class_word in entries:
+    for raw_name, class_word, example in entries:
         images = sorted(p for p in (folder / raw_name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise ValueError(f"{folder / raw_name} holds no PNG, JPEG or WebP images.")
         name = validate_name(raw_name.replace(" ", "_"))
-        concepts.append(FolderConcept(name, class_word, tuple(images), captions_of(images)))
+        concepts.append(FolderConcept(name, class_word, tuple(images), captions_of(images), example))
     if count is not None:
         if count > len(concepts):
             raise ValueError(f"{folder} holds {len(concepts)} concepts; asked for {count}.")
         concepts = concepts[:count]
     return concepts
+
+
+def load_examples(folder: str | Path = BUNDLED_CONCEPTS, limit: int = 4) -> list[FolderConcept]:
+    """The concepts the index marks as examples, in order; a folder that marks none offers its first ones."""
+    concepts = load_concepts(folder)
+    return ([c for c in concepts if c.example] or concepts)[:limit]

@@ -28,7 +28,7 @@ from lifelong.bench.sequence import (
     setup_record,
 )
 from lifelong.errors import InvalidSettingError
-from lifelong.folders import FolderConcept, load_concepts
+from lifelong.folders import FolderConcept, load_concepts, load_examples
 from lifelong.methods import get_method
 
 KEYS = {"TA", "IA_final", "IAD", "TFR", "base_drift", "IA_matrix", "seconds_per_concept", "peak_memory_mb"}
@@ -228,3 +228,15 @@ def test_resume_reuses_a_method_that_the_new_overrides_do_not_reach(tiny_base, m
         f"[finetune] reusing {out}/methods/finetune.json"
     ]
     assert tuned.applicable("lfs") == (("dfkd_weight", "3"),) and tuned.applicable("finetune") == ()
+
+
+def test_examples_are_the_ones_the_index_marks_else_the_first(tmp_path):
+    for name in ("ant", "bee", "cat"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8), "red").save(tmp_path / name / "0.png")
+    assert [c.name for c in load_examples(tmp_path, limit=2)] == ["ant", "bee"]
+    index = [{"name": "ant"}, {"name": "bee", "example": True}, {"name": "cat", "example": True}]
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    assert [c.name for c in load_examples(tmp_path)] == ["bee", "cat"]
+    shipped = load_examples()
+    assert len(shipped) == 4 and all(c.example and len(c.captions) == len(c.images) for c in shipped)

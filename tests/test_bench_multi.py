@@ -44,8 +44,8 @@ def test_multi_benchmark_reports_both_settings_on_the_same_seeds(tiny_base, tmp_
         FolderConcept("mug", "mug", _recoloured((2, 1, 0), 1)),
         FolderConcept("toy", "toy", _recoloured((1, 2, 0), 2)),
     ]
-    config = MultiConfig(
-        concepts=2, steps=2, images_per_pair=2, sample_steps=3, guided=(("attention_steps", "2"),)
+    config = MultiConfig(  # two of the three by name: "mug" is only an unrelated concept here
+        names=("rex", "toy"), steps=2, images_per_pair=2, sample_steps=3, guided=(("attention_steps", "2"),)
     )
     results, grid = run_multi(tiny_base, tiny_clip(), everyone, config, tmp_path, log=lambda _: None)
     assert set(results) == {"off", "on"}
@@ -53,7 +53,7 @@ def test_multi_benchmark_reports_both_settings_on_the_same_seeds(tiny_base, tmp_
         assert result.both_present in (0.0, 0.5, 1.0)  # 2 images of the one pair
         assert -1.0 <= result.concept_ia <= 1.0 and -1.0 <= result.unrelated_ia <= 1.0
         assert result.seconds_per_image > 0
-        assert set(result.per_concept_ia) == {"rex", "mug"}
+        assert set(result.per_concept_ia) == {"rex", "toy"}
         assert sum(result.per_concept_ia.values()) / 2 == pytest.approx(result.concept_ia)
         assert np.shape(result.present_images) == np.shape(result.minimum_images) == (1, 2)  # pair × seed
         assert result.both_present == pytest.approx(np.mean(result.present_images))
@@ -68,7 +68,7 @@ def test_multi_benchmark_reports_both_settings_on_the_same_seeds(tiny_base, tmp_
     # one row (one pair): off image, its two maps, on image, its two maps
     assert grid.size == (130 + 6 * 96, 14 + 96)
     shown = table(results, statistics)
-    assert "| on |" in shown and "| on − off |" in shown and "| mug |" in per_concept_table(results)
+    assert "| on |" in shown and "| on − off |" in shown and "| toy |" in per_concept_table(results)
     assert f"| off | {statistics.intervals['off']['both_present']} |" in shown
     assert (
         pair_prompt(everyone[0], everyone[1], "white") == "a <rex> dog and a <mug> mug on a white background"

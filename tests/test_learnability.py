@@ -79,6 +79,24 @@ def test_cli_learns_each_concept_alone_and_writes_scores_and_grid(tmp_path, caps
     assert not (out / "sessions" / "rex").exists()  # each concept's throwaway session is removed
 
 
+def test_cli_learns_the_examples_the_index_marks(tmp_path):
+    model, clip = save_tiny_model_and_clip(tmp_path)
+    index = [{"name": "mug"}, {"name": "rex", "example": True}, {"name": "toy", "example": True}]
+    for seed, entry in enumerate(index):
+        folder = tmp_path / "mine" / entry["name"]
+        folder.mkdir(parents=True)
+        for k, image in enumerate(pattern_images(seed=seed)):
+            image.save(folder / f"{k}.png")
+    (tmp_path / "mine" / "index.json").write_text(json.dumps(index))
+    args = ["--learn", "--examples", "--model", str(model), "--eval-clip", str(clip)]
+    args += ["--concept-dir", str(tmp_path / "mine"), "--methods", "finetune", "--steps", "1"]
+    args += ["--sample-steps", "1", "--learn-images", "1", "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(args) == 0
+    document = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [c["name"] for c in document["concepts"]] == ["rex", "toy"]
+    assert document["concepts_in_folder"] == 3  # "mug" still counts among the others
+
+
 @pytest.mark.parametrize("kind", ["lora-attn"])
 def test_lora_on_every_attention_projection_learns_and_leaves_the_base_as_it_was(tiny_base, tmp_path, kind):
     from lifelong.concepts import Session

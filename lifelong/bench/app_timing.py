@@ -21,7 +21,7 @@ import torch
 
 from lifelong.base import get_base
 from lifelong.configs import GenerateConfig, LearnConfig
-from lifelong.folders import load_concepts
+from lifelong.folders import load_examples
 from lifelong.service import Studio
 
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     studio = Studio(get_base(), root=tempfile.mkdtemp(prefix="lifelong-timing-"))
     studio.warm_up().join()
     print(f"start-up compile: {time.perf_counter() - started:.1f} s, torch threads {torch.get_num_threads()}")
-    concept = load_concepts()[0]
+    concept = load_examples()[0]
     results: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
         user = f"timing{repeat:02d}"

@@ -182,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--steps", type=int, default=None, help="learning steps per concept")
     common.add_argument("--seed", type=int, default=0)
     common.add_argument(
+        "--examples",
+        action="store_true",
+        help="--learn, --multi: the concepts --concept-dir's index marks as the app's examples, not the first ones",
+    )
+    common.add_argument(
         "--resamples",
         type=int,
         default=RESAMPLES,

@@ -38,7 +38,7 @@ from lifelong.colors import NAMED_COLORS
 from lifelong.concepts import Session
 from lifelong.encoding import decode, encode_images
 from lifelong.files import atomic_write, write_json
-from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts
+from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts, load_examples
 from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig, learn_folder
@@ -210,7 +210,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     concept_dir = getattr(args, "concept_dir", BUNDLED_CONCEPTS)
     everyone = load_concepts(concept_dir)
-    chosen = everyone[: args.learn_concepts]
+    chosen = load_examples(concept_dir) if args.examples else everyone[: args.learn_concepts]
     base = get_base(BaseConfig(model=args.model, device=args.device, compile=compile_requested()))
     clip = EvalClip.load(args.eval_clip, base.device)
     encoder = IdentityEncoder.load(args.eval_identity, base.device)
@@ -228,12 +228,13 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     references = reference_features(encoder, everyone, base.resolution)
     scores, rows = [], []
-    for k in range(len(chosen)):
+    for concept in chosen:
+        k = everyone.index(concept)
         result, images = learn_and_score(
             base, clip, encoder, everyone, k, references, config, generate_config, out
         )
         scores.append(result)
-        refs = load_images(list(chosen[k].images[:3]), base.resolution)
+        refs = load_images(list(concept.images[:3]), base.resolution)
         rows.append((refs, images[:: max(1, args.learn_images // 2)]))
         print(
             f"<{result.name}> id {result.identification:.2f} IA {result.ia:.3f} norm {result.ia_normalised:.2f} "

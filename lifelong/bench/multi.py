@@ -38,7 +38,7 @@ from lifelong.base import BaseConfig, BaseModel, compile_requested, get_base
 from lifelong.concepts import Session
 from lifelong.configs import DEFAULT_METHOD
 from lifelong.files import atomic_write, write_json
-from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts
+from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts, load_examples
 from lifelong.generate import GenerateConfig, generate
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig, learn_folder
@@ -53,6 +53,7 @@ TILE = 96
 @dataclass(frozen=True)
 class MultiConfig:
     concepts: int = 4  # learned concepts; every pair of them is one prompt
+    names: tuple[str, ...] = ()  # learn these concepts instead of the first ``concepts``
     method: str = DEFAULT_METHOD  # the app's: what a user's two concepts are learned with
     steps: int = LearnConfig.steps  # learning steps per concept
     images_per_pair: int = 4  # seeds seed .. seed + n - 1, the same in both settings
@@ -225,7 +226,7 @@ def run_multi(
     identity: IdentityEncoder | None = None,
 ) -> tuple[dict[str, SettingResult], Image.Image]:
     """Learn the concepts, generate every pair off and on, score; returns results and the pair grid."""
-    learned = list(everyone[: config.concepts])
+    learned = [c for c in everyone if c.name in config.names] if config.names else everyone[: config.concepts]
     if len(learned) < 2 or len(everyone) < 3:
         raise ValueError("the multi-concept benchmark needs 2+ learned concepts and 1+ unrelated one.")
     session = _learn_all(base, learned, config, out, log)
@@ -342,7 +343,10 @@ def run(args: argparse.Namespace) -> int:
         guidance_scale=MultiConfig.guidance_scale if args.guidance is None else args.guidance,
         guided=tuple(parse_pairs(args.guided).items()),
     )
-    everyone = load_concepts(args.concept_dir or BUNDLED_CONCEPTS)
+    folder = args.concept_dir or BUNDLED_CONCEPTS
+    if args.examples:
+        config = dataclasses.replace(config, names=tuple(c.name for c in load_examples(folder)))
+    everyone = load_concepts(folder)
     base = get_base(BaseConfig(model=args.model, device=args.device, compile=compile_requested()))
     clip = EvalClip.load(args.eval_clip, base.device)
     identity = None if args.eval_identity == "clip" else IdentityEncoder.load(args.eval_identity, base.device)

@@ -9,7 +9,7 @@ import gradio as gr
 
 from lifelong.configs import DEFAULT_METHOD, LearnConfig
 from lifelong.errors import Cancelled, LifelongError
-from lifelong.folders import load_concepts
+from lifelong.folders import load_examples
 from lifelong.intake import load_images
 from lifelong.methods import METHODS, get_method
 from lifelong.service import Studio, upload_notes
@@ -39,15 +39,12 @@ class Example:
 
 
 def examples(limit: int = 4) -> list[Example]:
-    """Held-out emoji concepts shipped in assets/concepts (the base model never saw them)."""
+    """The examples marked in assets/concepts/index.json: held-out emoji the base model never saw."""
     try:
-        found = load_concepts()
+        found = load_examples(limit=limit)
     except (OSError, ValueError):
         return []
-    return [
-        Example(c.name, c.class_word, [str(p) for p in c.images[:4]], "\n".join(c.captions[:4]))
-        for c in found[:limit]
-    ]
+    return [Example(c.name, c.class_word, [str(p) for p in c.images], "\n".join(c.captions)) for c in found]
 
 
 def caption_lines(text: str | None) -> list[str]:
