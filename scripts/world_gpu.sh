@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU round for the bundled world: the VAE fine-tuned on every emoji the font draws except the held-out
 # concepts (the shipped encoder turns the octopus's coral yellow-green: docs/WORLD.md), then the shipped UNet
-# continued on the new VAE's latents, half of its scenes from that broad pool. About 8 minutes in one call on
+# continued on the new VAE's latents, half of its scenes from that broad pool and half of them holding two
+# emoji (the shipped base draws one of two named objects twice: docs/BENCHMARKS.md). About 8 minutes in one call on
 # an H200 (render ~1 min, VAE $VAE_S s, UNet $UNET_S s); back come the two swapped folders of the pipeline.
 #
 #   bash scripts/world_gpu.sh --prepare    # here, once: the wheels (scripts/gpu_check.sh's), the font into .font/
@@ -38,8 +39,8 @@ log="$OUT/log.txt"
 began=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - began )) s] $*" | tee -a "$log"; }
 
-stamp "render $N scenes, half from the broad pool, $WORKERS workers"
-$PY -m lifelong.world.data --out "$WORK/data" --n "$N" --workers "$WORKERS" --broad 0.5 2>&1 | tail -3 | tee -a "$log"
+stamp "render $N scenes, half from the broad pool, half with two emoji, $WORKERS workers"
+$PY -m lifelong.world.data --out "$WORK/data" --n "$N" --workers "$WORKERS" --broad 0.5 --pairs 0.5 2>&1 | tail -3 | tee -a "$log"
 
 stamp "VAE: encoder and decoder from the shipped one, $VAE_S s"
 $PY -m lifelong.world.train_vae --init assets/base-model/vae --data "$WORK/data" --out "$WORK/vae" \

@@ -26,6 +26,18 @@ def test_scenes_are_deterministic_per_seed() -> None:
     assert first != other
 
 
+def test_pair_share_sets_how_many_scenes_hold_two_emoji() -> None:
+    def share(pairs: float) -> float:
+        return float(
+            np.mean([len(sample_scene(scene_rng(7, i), pairs=pairs).objects) == 2 for i in range(400)])
+        )
+
+    assert share(0.0) == 0.0 and share(1.0) == 1.0
+    assert 0.18 < share(0.25) < 0.32 and 0.42 < share(0.5) < 0.58
+    shipped = [sample_scene(scene_rng(7, i)) for i in range(50)]
+    assert shipped == [sample_scene(scene_rng(7, i), pairs=0.25) for i in range(50)]  # the default unchanged
+
+
 @needs_font
 def test_rendering_is_deterministic_per_seed() -> None:
     a, scene_a = generate(0, 11)

@@ -108,6 +108,9 @@ POSITIONS: dict[str, tuple[float, float, str]] = {
 
 # Object side as a fraction of the image side; medium is the unmarked size.
 SIZES: dict[str, float] = {"small": 0.42, "medium": 0.58, "big": 0.78}
+# the shipped model's training scenes; it draws one of two named objects twice or a blend
+# (docs/BENCHMARKS.md, "what the base draws for two objects it knows"): the next round trains on more
+PAIR_SHARE = 0.25
 
 _SINGLE_TEMPLATES = (
     "{a_name} on {a_color} background",
@@ -201,13 +204,15 @@ def sample_scene(
     pool: tuple[Emoji, ...] = HELD_IN,
     extra: tuple[Emoji, ...] = (),
     extra_share: float = 0.0,
+    pairs: float = PAIR_SHARE,
 ) -> Scene:
-    """Draw a scene and its caption; 25% of scenes hold two emoji side by side or stacked. With ``extra``,
-    ``extra_share`` of the scenes draw their emoji from it instead (the stream without it is unchanged)."""
+    """Draw a scene and its caption; ``pairs`` of the scenes hold two emoji side by side or stacked. With
+    ``extra``, ``extra_share`` of the scenes draw their emoji from it instead (the stream without it is
+    unchanged)."""
     if extra and rng.random() < extra_share:
         pool = extra
     color = list(COLORS)[rng.integers(len(COLORS))]
-    if rng.random() < 0.25:
+    if rng.random() < pairs:
         first, second = rng.choice(len(pool), size=2, replace=False)
         pos1, pos2 = (("left", "right"), ("top", "bottom"))[rng.integers(2)]
         if rng.random() < 0.5:
@@ -287,21 +292,31 @@ def render(scene: Scene, rng: np.random.Generator, size: int = 64) -> Image.Imag
 
 
 def generate(
-    seed: int, index: int, pool: tuple[Emoji, ...] = HELD_IN, size: int = 64, broad: float = 0.0
+    seed: int,
+    index: int,
+    pool: tuple[Emoji, ...] = HELD_IN,
+    size: int = 64,
+    broad: float = 0.0,
+    pairs: float = PAIR_SHARE,
 ) -> tuple[Image.Image, Scene]:
     """Scene `index` of the world drawn with `seed`: the same arguments always give the same pixels.
-    ``broad``: the share of scenes drawn from :func:`broad_pool` instead of ``pool``."""
+    ``broad``: the share of scenes drawn from :func:`broad_pool` instead of ``pool``; ``pairs``: the share
+    holding two emoji."""
     rng = scene_rng(seed, index)
-    scene = sample_scene(rng, pool, broad_pool() if broad else (), broad)
+    scene = sample_scene(rng, pool, broad_pool() if broad else (), broad, pairs)
     return render(scene, rng, size), scene
 
 
-def _render_range(seed: int, start: int, stop: int, broad: float) -> tuple[np.ndarray, list[str]]:
-    scenes = [generate(seed, i, broad=broad) for i in range(start, stop)]
+def _render_range(
+    seed: int, start: int, stop: int, broad: float, pairs: float
+) -> tuple[np.ndarray, list[str]]:
+    scenes = [generate(seed, i, broad=broad, pairs=pairs) for i in range(start, stop)]
     return np.stack([np.asarray(image) for image, _ in scenes]), [scene.caption for _, scene in scenes]
 
 
-def render_cache(out: Path, n: int, seed: int, workers: int = 1, broad: float = 0.0) -> None:
+def render_cache(
+    out: Path, n: int, seed: int, workers: int = 1, broad: float = 0.0, pairs: float = PAIR_SHARE
+) -> None:
     """Write `n` scenes as images.npy (uint8, N×64×64×3) and captions.json next to each other.
 
     Scenes are drawn per index, so the cache is the same for any number of `workers`."""
@@ -309,7 +324,7 @@ def render_cache(out: Path, n: int, seed: int, workers: int = 1, broad: float = 
     chunk = max(1, min(2000, -(-n // (4 * workers))))
     if broad:
         broad_pool()  # found once, before the workers fork
-    ranges = [(seed, start, min(n, start + chunk), broad) for start in range(0, n, chunk)]
+    ranges = [(seed, start, min(n, start + chunk), broad, pairs) for start in range(0, n, chunk)]
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             parts = pool.starmap(_render_range, ranges)
@@ -328,8 +343,14 @@ def main() -> None:
     parser.add_argument(
         "--broad", type=float, default=0.0, help="share of scenes drawn from every other emoji (0-1)"
     )
+    parser.add_argument(
+        "--pairs",
+        type=float,
+        default=PAIR_SHARE,
+        help=f"share of scenes holding two emoji (default {PAIR_SHARE}, the shipped model's)",
+    )
     args = parser.parse_args()
-    render_cache(args.out, args.n, args.seed, args.workers, args.broad)
+    render_cache(args.out, args.n, args.seed, args.workers, args.broad, args.pairs)
 
 
 if __name__ == "__main__":
