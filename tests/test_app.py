@@ -242,7 +242,9 @@ def test_bad_learn_input_says_what_to_do_and_keeps_the_session(served, tmp_path)
     for images, name, message in cases:
         with pytest.raises(AppError, match=re.escape(message)):
             learn(client, images, name, steps=2)
-    with pytest.raises(AppError, match=re.escape("2 captions for 4 images: give one per image, or none")):
+    with pytest.raises(
+        AppError, match=re.escape(f"2 captions for {len(good)} images: give one per image, or none")
+    ):
         learn(client, good, "newone", steps=2, **{"Captions (optional)": "on grass\nat night"})
     timeline, _, _ = call(client, "/session")
     assert [c.split(" · ")[0] for c in captions(timeline)] == ["1. <keeper>"]
