@@ -11,17 +11,16 @@ its config)::
     images = lifelong.generate(base, session, "a <rex> dog on the beach", lifelong.GenerateConfig(seed=1))
     lifelong.export(base, session, "rex-lora")  # for load_lora_weights and load_textual_inversion
 
-The names below are bound here once their modules have loaded, so ``lifelong.generate`` and
-``lifelong.export`` are the functions, not the modules of the same name: reach those with
-``from lifelong.generate import …`` (``import lifelong.generate as m`` would give the function too).
+``lifelong.generate`` and ``lifelong.export`` are functions; their modules are ``lifelong.generation`` and
+``lifelong.lora_export``.
 """
 
 from lifelong.base import BaseConfig, BaseModel, from_pipe, load_base
 from lifelong.concepts import Session, open_session
 from lifelong.configs import ExportConfig, GenerateConfig, LearnConfig
-from lifelong.export import ExportReport, export
-from lifelong.generate import generate
+from lifelong.generation import generate
 from lifelong.learner import LearnResult, learn
+from lifelong.lora_export import ExportReport, export
 from lifelong.lora_import import import_lora
 
 __all__ = [

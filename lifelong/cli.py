@@ -14,10 +14,10 @@ from lifelong.base import BaseConfig, BaseModel, compile_requested, default_mode
 from lifelong.concepts import Session
 from lifelong.configs import ExportConfig
 from lifelong.errors import LifelongError
-from lifelong.export import export
 from lifelong.folders import captions_of
-from lifelong.generate import GenerateConfig, generate, generate_with_maps
+from lifelong.generation import GenerateConfig, generate, generate_with_maps
 from lifelong.learner import LearnConfig, learn
+from lifelong.lora_export import export
 from lifelong.lora_import import import_lora
 from lifelong.methods import describe
 from lifelong.overrides import override, parse_pairs

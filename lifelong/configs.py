@@ -204,7 +204,7 @@ EXPORT_FORMATS = ("diffusers", "kohya")
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """What to export and in which format (lifelong.export)."""
+    """What to export and in which format (lifelong.lora_export)."""
 
     format: str = setting(
         "diffusers",

@@ -27,7 +27,7 @@ from lifelong.concepts import Concept, Session
 from lifelong.configs import MAX_LORA_RANK, GenerateConfig
 from lifelong.encoding import decode, encode_text
 from lifelong.errors import DuplicateConceptError, LoraImportError, SessionFullError
-from lifelong.generate import denoise
+from lifelong.generation import denoise
 from lifelong.intake import validate_class_word, validate_name
 from lifelong.prompts import TOKEN_PATTERN, fill_template
 from lifelong.signature import HEADER_BYTES, BaseSignature, Shaped

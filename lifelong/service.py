@@ -29,12 +29,12 @@ from lifelong.base import BUNDLED_EVAL_IDENTITY, BaseModel
 from lifelong.concepts import MANIFEST, Concept, Session
 from lifelong.configs import ExportConfig, check
 from lifelong.errors import Cancelled, ExportError, ImageCountError, SessionFormatError
-from lifelong.export import ExportReport, chosen_concepts, export
 from lifelong.files import atomic_write
-from lifelong.generate import GenerateConfig, generate, generate_with_maps, warm_up
+from lifelong.generation import GenerateConfig, generate, generate_with_maps, warm_up
 from lifelong.intake import RECOMMENDED, WORKING_SIDE, ImageSource
 from lifelong.learner import LearnConfig, learn
 from lifelong.limits import Budget, check_generate, check_learn, generate_seconds, learn_seconds
+from lifelong.lora_export import ExportReport, chosen_concepts, export
 from lifelong.lora_import import import_lora
 from lifelong.metrics import EvalClip, IdentityEncoder, identity_features, image_alignments, image_features
 from lifelong.progress import Progress, ProgressFn
@@ -443,7 +443,7 @@ class Studio:
     def export_lora(
         self, user: str, config: ExportConfig, checkpoint: int | None = None
     ) -> tuple[Path, ExportReport]:
-        """Concepts as a LoRA + embeddings for diffusers, A1111 or ComfyUI (lifelong.export), zipped into one
+        """Concepts as a LoRA + embeddings for diffusers, A1111 or ComfyUI (lifelong.lora_export), zipped into one
         file in the user's workspace (replaced on every export)."""
         with self._lock(user):
             session = self.session(user)

@@ -34,8 +34,8 @@ from lifelong import (
     open_session,
 )
 from lifelong.adapters import target_module_names
-from lifelong.export import write_diffusers, write_kohya
 from lifelong.folders import load_concepts
+from lifelong.lora_export import write_diffusers, write_kohya
 from lifelong.lowrank import Factors
 
 

@@ -38,7 +38,7 @@ def measure(method: str, steps: int) -> dict[str, float]:
     from lifelong.base import BaseConfig, prepare_base
     from lifelong.bench.resources import resident_bytes
     from lifelong.concepts import Session
-    from lifelong.generate import GenerateConfig, generate
+    from lifelong.generation import GenerateConfig, generate
     from lifelong.learner import LearnConfig, learn
     from lifelong.mechanisms.memory import register_clip
     from lifelong.methods import get_method

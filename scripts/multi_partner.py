@@ -20,7 +20,7 @@ from lifelong.base import BaseConfig, get_base
 from lifelong.bench.multi import MultiEvaluator, peak_crop
 from lifelong.concepts import Session
 from lifelong.folders import BUNDLED_CONCEPTS, load_concepts
-from lifelong.generate import GenerateConfig, generate
+from lifelong.generation import GenerateConfig, generate
 from lifelong.metrics import EvalClip, IdentityEncoder
 
 ROOT = Path(__file__).resolve().parent.parent

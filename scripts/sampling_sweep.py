@@ -21,7 +21,7 @@ from lifelong.bench.learnability import prompts, reference_features, score
 from lifelong.colors import NAMED_COLORS
 from lifelong.concepts import Session
 from lifelong.folders import BUNDLED_CONCEPTS, load_concepts
-from lifelong.generate import GenerateConfig, generate
+from lifelong.generation import GenerateConfig, generate
 from lifelong.learner import LearnConfig, learn_folder
 from lifelong.metrics import IdentityEncoder, background_color, identity_features
 

@@ -3,6 +3,8 @@ and a pipeline passed in is left as it was."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import torch
 from conftest import pattern_images
@@ -40,3 +42,6 @@ def test_the_api_learns_generates_and_exports_and_leaves_the_callers_pipeline_al
         hasattr(lifelong, n) for n in lifelong.__all__
     )
     assert callable(lifelong.generate) and callable(lifelong.export)
+    # no module hides behind a function of the same name: both modules import as modules
+    assert importlib.import_module("lifelong.generation").generate is lifelong.generate
+    assert importlib.import_module("lifelong.lora_export").export is lifelong.export

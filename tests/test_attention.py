@@ -19,7 +19,7 @@ from lifelong.attention import (
 from lifelong.concepts import Session
 from lifelong.encoding import decode, encode_text
 from lifelong.errors import Cancelled
-from lifelong.generate import GenerateConfig, denoise, generate, generate_with_maps
+from lifelong.generation import GenerateConfig, denoise, generate, generate_with_maps
 from lifelong.learner import LearnConfig, learn
 
 PROMPT = "a red <rex> dog and a <mug> on the left"

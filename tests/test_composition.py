@@ -15,7 +15,7 @@ from lifelong.composition import region_weights, regional_unet
 from lifelong.concepts import Session
 from lifelong.encoding import encode_text
 from lifelong.errors import InvalidPromptError, InvalidSettingError
-from lifelong.generate import GenerateConfig, generate
+from lifelong.generation import GenerateConfig, generate
 from lifelong.learner import LearnConfig, learn
 from lifelong.limits import GENERATE_OVERHEAD_S, generate_seconds
 

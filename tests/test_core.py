@@ -18,7 +18,7 @@ from lifelong.base import BaseConfig, compile_default, prepare_base
 from lifelong.concepts import Session
 from lifelong.encoding import encode_text
 from lifelong.errors import Cancelled, CheckpointError, InvalidPromptError, SessionFormatError
-from lifelong.generate import GenerateConfig, denoise, generate, warm_up
+from lifelong.generation import GenerateConfig, denoise, generate, warm_up
 from lifelong.learner import LearnConfig, concept_loss, learn
 
 FAST = GenerateConfig(steps=3, seed=7, num_images=2)

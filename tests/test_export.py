@@ -24,9 +24,9 @@ from lifelong.base import BUNDLED_MODEL, get_base
 from lifelong.concepts import Session
 from lifelong.configs import ExportConfig, GenerateConfig
 from lifelong.errors import ExportError, LoraImportError
-from lifelong.export import export, peft_state_dict
-from lifelong.generate import generate
+from lifelong.generation import generate
 from lifelong.learner import LearnConfig, learn
+from lifelong.lora_export import export, peft_state_dict
 from lifelong.lora_import import import_lora
 from lifelong.lowrank import to_factors
 

@@ -100,7 +100,7 @@ def test_cli_learns_the_examples_the_index_marks(tmp_path):
 @pytest.mark.parametrize("kind", ["lora-attn"])
 def test_lora_on_every_attention_projection_learns_and_leaves_the_base_as_it_was(tiny_base, tmp_path, kind):
     from lifelong.concepts import Session
-    from lifelong.generate import GenerateConfig, generate
+    from lifelong.generation import GenerateConfig, generate
     from lifelong.learner import LearnConfig, learn
 
     before = {k: v.clone() for k, v in tiny_base.pipe.unet.state_dict().items()}

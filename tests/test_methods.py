@@ -16,7 +16,7 @@ from lifelong.cli import main
 from lifelong.concepts import Session
 from lifelong.encoding import encode_images, encode_text
 from lifelong.errors import InvalidSettingError, UnknownMethodError
-from lifelong.generate import GenerateConfig, generate
+from lifelong.generation import GenerateConfig, generate
 from lifelong.learner import LearnConfig, learn
 from lifelong.limits import DEFAULT_BUDGET_S, SECONDS_PER_SAMPLE, learn_seconds
 from lifelong.mechanisms import clora, dfkd, ecd, prior, tame

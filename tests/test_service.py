@@ -19,7 +19,7 @@ from tiny_clip import tiny_clip
 from lifelong.concepts import load_checkpoint, save_checkpoint
 from lifelong.configs import field_help
 from lifelong.errors import Cancelled, SessionFormatError
-from lifelong.generate import GenerateConfig, generate
+from lifelong.generation import GenerateConfig, generate
 from lifelong.learner import LearnConfig
 from lifelong.metrics import image_alignments
 from lifelong.retention import MIN_IMAGES, retention

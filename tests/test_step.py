@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lifelong.encoding import encode_text
-from lifelong.generate import GenerateConfig, denoise, initial_noise
+from lifelong.generation import GenerateConfig, denoise, initial_noise
 from lifelong.step import diffusion_loss, draw_noise
 
 
@@ -30,7 +30,7 @@ def test_diffusion_loss_is_the_noise_timestep_add_noise_mse_block(tiny_base):
 
 
 def old_loop(base, config, cond, uncond, seeds, guide=None, context=None):
-    """The sampler generate.py ran before it went through diffusers' pipelines: DDIM with classifier-free
+    """The sampler generation.py ran before it went through diffusers' pipelines: DDIM with classifier-free
     guidance from the seeds' noise (or, for ICGen, from the context noised to the first of the last
     round(steps × strength) steps), ``guide`` moving the latents before each step's prediction."""
     scheduler = base.sampling_scheduler()

@@ -45,11 +45,11 @@ from lifelong.errors import (
     LifelongError,
     LimitError,
 )
-from lifelong.export import export
-from lifelong.generate import GenerateConfig
+from lifelong.generation import GenerateConfig
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig
 from lifelong.limits import Budget
+from lifelong.lora_export import export
 from lifelong.prompts import fill_template
 from lifelong.service import Studio
 from lifelong.signature import BaseSignature

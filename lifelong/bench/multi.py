@@ -39,7 +39,7 @@ from lifelong.concepts import Session
 from lifelong.configs import DEFAULT_METHOD
 from lifelong.files import atomic_write, write_json
 from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts, load_examples
-from lifelong.generate import GenerateConfig, generate
+from lifelong.generation import GenerateConfig, generate
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig, learn_folder
 from lifelong.metrics import EvalClip, FeatureCache, IdentityEncoder, alignment_features

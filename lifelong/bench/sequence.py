@@ -32,7 +32,7 @@ from lifelong.concepts import Session
 from lifelong.errors import InvalidSettingError
 from lifelong.files import write_json
 from lifelong.folders import FolderConcept
-from lifelong.generate import GenerateConfig, generate
+from lifelong.generation import GenerateConfig, generate
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig, learn, learn_folder
 from lifelong.methods import METHODS, get_method

@@ -28,7 +28,7 @@ from lifelong.base import REPO_ROOT, BaseConfig, BaseModel, load_base
 from lifelong.bench.random_sd15 import random_sd15_base
 from lifelong.bench.resources import PeakMemory
 from lifelong.concepts import Session, save_checkpoint
-from lifelong.generate import GenerateConfig, generate
+from lifelong.generation import GenerateConfig, generate
 from lifelong.learner import LearnConfig, learn
 from lifelong.methods import METHODS
 from lifelong.progress import Progress

@@ -1,7 +1,7 @@
 """ICGen — in-context generation (LFS-Diffusion), learn-time half: keep the concept's vision context.
 
 After learning, the VAE latents of (up to ``icgen_images``) of the concept's clean images are stored with it
-(``extra.context``). At generation (``lifelong.generate``), a prompt that names the concept can start from
+(``extra.context``). At generation (``lifelong.generation``), a prompt that names the concept can start from
 a context latent noised to strength s instead of from pure noise: x_start = √ᾱ_τ x_ctx + √(1−ᾱ_τ) ε, with τ
 the first of the last s·N sampler steps (img2img / SDEdit); s = 1 is plain text-to-image.
 """

@@ -31,7 +31,7 @@ from PIL import Image
 from lifelong.adapters import use_state
 from lifelong.base import BUNDLED_EVAL_CLIP, BaseModel
 from lifelong.encoding import decode, encode_images, encode_text
-from lifelong.generate import GenerateConfig, denoise
+from lifelong.generation import GenerateConfig, denoise
 from lifelong.metrics import EvalClip, image_features
 from lifelong.prompts import captioned
 from lifelong.settings import GUIDED, Cost, Setting, Value
