@@ -144,6 +144,9 @@ METHODS: dict[str, Method] = {
         Method(
             "lfs",
             "LFS-Diffusion: dfkd + icgen.",
+            # dfkd's trainable set: the paper fine-tunes the attention layers' weights (until 2026-12-02 lfs
+            # trained K/V, so the earlier lfs rows in docs/BENCHMARKS.md are dfkd on K/V + icgen)
+            kind="lora-attn",
             components=("dfkd", "icgen"),
             generate_settings={"icgen_strength": ICGEN_STRENGTH},
         ),

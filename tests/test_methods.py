@@ -130,6 +130,7 @@ def test_methods_command_lists_every_method_with_its_settings(capsys):
 def test_presets_combinations_and_setting_validation():
     assert get_method("l2dm").components == ("memory", "tame", "ecd")
     assert get_method("lfs").components == ("dfkd", "icgen")
+    assert get_method("lfs").trainable_kind == get_method("dfkd").trainable_kind == "lora-attn"
     combined = get_method("routed+dfkd")
     assert not combined.stack and "dfkd_weight" in combined.settings()
     assert get_method("c-lora+icgen").trainable_kind == "lora"
