@@ -187,9 +187,13 @@ class Studio:
         self._sessions: dict[str, tuple[Session, tuple[int, int]]] = {}
         self._guard = threading.Lock()
 
+    def compile_sampling(self) -> None:
+        """Compile sampling now (generation.warm_up), so no user waits for it later."""
+        warm_up(self.base)
+
     def warm_up(self) -> threading.Thread:
-        """Compile sampling in the background now (generate.warm_up), so no user waits for it later."""
-        thread = threading.Thread(target=warm_up, args=(self.base,), name="warm-up", daemon=True)
+        """``compile_sampling`` in a background thread."""
+        thread = threading.Thread(target=self.compile_sampling, name="warm-up", daemon=True)
         thread.start()
         return thread
 

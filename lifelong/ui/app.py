@@ -14,7 +14,7 @@ from lifelong.signature import BaseSignature
 from lifelong.ui import forgetting_tab, generate_tab, learn_tab, session_tab
 from lifelong.ui.common import Page, Shown, refresh, user_errors, user_of
 from lifelong.ui.files import SessionFiles
-from lifelong.ui.jobs import register
+from lifelong.ui.jobs import on_model_thread, register, start_on_model_thread
 
 DESCRIPTION = """# Lifelong Studio
 Teach the model your own concepts from 3–5 images each, one after another, and check that it keeps the
@@ -37,10 +37,15 @@ def max_upload_bytes(base: BaseModel) -> int:
 
 
 def default_studio() -> Studio:
-    """A Studio on the bundled base model (or $LIFELONG_BASE_MODEL), compiling sampling in the background."""
-    scorer, why = default_scorer()
-    studio = Studio(get_base(), scorer=scorer, scorer_note=why)
-    studio.warm_up()
+    """A Studio on the bundled base model (or $LIFELONG_BASE_MODEL), loaded on the model thread, which then
+    compiles sampling before it takes the first job."""
+
+    def build() -> Studio:
+        scorer, why = default_scorer()
+        return Studio(get_base(), scorer=scorer, scorer_note=why)
+
+    studio = on_model_thread(build)
+    start_on_model_thread(studio.compile_sampling)
     return studio
 
 

@@ -19,7 +19,7 @@ from lifelong.retention import FADED, FORGOTTEN, KEPT, MIN_IMAGES, NOT_LEARNED, 
 from lifelong.service import ForgettingReport, Studio
 from lifelong.ui.common import GPU, QUEUED, TRACKER, Page, cancel_handler, shown, user_errors, user_of
 from lifelong.ui.forms import Form
-from lifelong.ui.jobs import check_forgetting, forgetting_job
+from lifelong.ui.jobs import check_forgetting, forgetting_job, on_model_thread
 
 FORGETTING_NOTE = """For every earlier concept: images right after it was learned and now, same prompt and
 seeds (the Generate tab's settings; *Images per concept* here). IA is the mean similarity of an image to the
@@ -107,7 +107,7 @@ class ForgettingTab:
         check_forgetting(self.page.key, user, config)
         try:
             pairs, heatmap, curves, words, note = forgetting_view(
-                forgetting_job(self.page.key, user, config, progress)
+                on_model_thread(forgetting_job, self.page.key, user, config, progress)
             )
         except Cancelled as error:
             gr.Warning(shown(str(error)))

@@ -12,7 +12,7 @@ from lifelong.configs import GenerateConfig
 from lifelong.service import Studio
 from lifelong.ui.common import GPU, TRACKER, Page, user_errors, user_of
 from lifelong.ui.forms import Form
-from lifelong.ui.jobs import check_generate, generate_job
+from lifelong.ui.jobs import check_generate, generate_job, on_model_thread
 
 MAIN_SETTINGS = ("negative_prompt", "seed", "steps", "guidance_scale", "num_images", "icgen_strength")
 
@@ -45,7 +45,9 @@ class GenerateTab:
         config = self.form.parse_named(values)
         check_generate(self.page.key, config)
         maps = bool(values["show_maps"])
-        images, overlays = generate_job(self.page.key, user, values["prompt"], config, maps, progress)
+        images, overlays = on_model_thread(
+            generate_job, self.page.key, user, values["prompt"], config, maps, progress
+        )
         files = self.page.files
         shown_overlays = [(files.image(user, overlay), caption) for overlay, caption in overlays]
         return [files.image(user, image) for image in images], gr.Gallery(value=shown_overlays, visible=maps)

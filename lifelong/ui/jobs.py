@@ -6,6 +6,12 @@ inherits when it forks."""
 
 from __future__ import annotations
 
+import contextvars
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
 import gradio as gr
 import spaces
 from PIL import Image
@@ -17,6 +23,31 @@ from lifelong.service import ForgettingReport, Studio
 from lifelong.ui.common import reporter, shown
 
 STUDIOS: dict[str, Studio] = {}
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Every model call of the app runs on this one thread. PyTorch's OpenMP (libgomp) keeps a thread pool for
+# each thread that ever ran a parallel op; once the pools' threads outnumber the cores, libgomp stops
+# spinning between ops and every op waits on a futex. Jobs on Gradio's worker threads, beside the main
+# thread's pool, learned in 53 s what one thread learns in 27 s on the 2-core CPU (docs/BENCHMARKS.md, "What
+# the app's buttons wait for").
+_MODEL = threading.local()
+_MODEL_THREAD = ThreadPoolExecutor(
+    max_workers=1, thread_name_prefix="lifelong-model", initializer=lambda: setattr(_MODEL, "here", True)
+)
+
+
+def start_on_model_thread(job: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+    """Queue ``job`` on the model thread with the caller's context (Gradio finds a job's progress bar there)."""
+    return _MODEL_THREAD.submit(contextvars.copy_context().run, job, *args, **kwargs)
+
+
+def on_model_thread(job: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``job(*args, **kwargs)`` run on the model thread (directly when called there), its result or error."""
+    if getattr(_MODEL, "here", False):
+        return job(*args, **kwargs)
+    return start_on_model_thread(job, *args, **kwargs).result()
 
 
 def register(studio: Studio) -> str:

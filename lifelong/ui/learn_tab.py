@@ -27,7 +27,7 @@ from lifelong.ui.common import (
     user_of,
 )
 from lifelong.ui.forms import Form
-from lifelong.ui.jobs import check_learn, learn_job
+from lifelong.ui.jobs import check_learn, learn_job, on_model_thread
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,16 @@ class LearnTab:
             gr.Warning(shown(note))
         try:
             captions = caption_lines(values["captions"])
-            message = learn_job(
-                self.page.key, user, files, values["name"], values["class_word"], config, captions, progress
+            message = on_model_thread(
+                learn_job,
+                self.page.key,
+                user,
+                files,
+                values["name"],
+                values["class_word"],
+                config,
+                captions,
+                progress,
             )
         except Cancelled as error:
             gr.Warning(shown(str(error)))

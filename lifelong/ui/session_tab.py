@@ -12,7 +12,7 @@ from lifelong.configs import ExportConfig
 from lifelong.service import Studio
 from lifelong.ui.common import GPU, Page, Shown, hidden, refresh, shown, user_errors, user_of
 from lifelong.ui.forms import Form
-from lifelong.ui.jobs import import_lora_job
+from lifelong.ui.jobs import import_lora_job, on_model_thread
 
 SESSION_NOTE = """Your concepts live in a private folder on this server **only while this tab is open**; it is
 deleted when you leave, and a server restart loses it. **Export** to keep them: the file holds everything,
@@ -44,7 +44,7 @@ class SessionTab:
             raise gr.Error("Choose an exported session file (.zip) to import.")
         user = user_of(self.studio, request)
         self.files.note_uploads(user, [file])
-        session = self.studio.import_file(user, file)
+        session = on_model_thread(self.studio.import_file, user, file)
         gr.Info(f"Imported {len(session.concepts)} concept(s).")
         return refresh(self.studio, self.files, user)
 
@@ -56,7 +56,8 @@ class SessionTab:
         defaults to the latest, also for API callers that leave it out."""
         user = user_of(self.studio, request)
         config = self.form.parse_named(values)
-        path, report = self.studio.export_lora(user, config, None if checkpoint is None else int(checkpoint))
+        at = None if checkpoint is None else int(checkpoint)
+        path, report = on_model_thread(self.studio.export_lora, user, config, at)
         return self.files.move(user, path), shown(report.summary())
 
     @user_errors
@@ -67,7 +68,7 @@ class SessionTab:
             raise gr.Error("Choose a LoRA file and its embedding file (.safetensors) to import.")
         user = user_of(self.studio, request)
         self.files.note_uploads(user, [lora, embedding])
-        message = import_lora_job(self.page.key, user, lora, embedding, name, class_word)
+        message = on_model_thread(import_lora_job, self.page.key, user, lora, embedding, name, class_word)
         timeline, chips, status = refresh(self.studio, self.files, user)
         return timeline, chips, f"{message} {status}"
 
