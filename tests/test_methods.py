@@ -319,10 +319,6 @@ def test_stm_can_replay_the_stored_images_with_their_captions(tiny_base, tmp_pat
 def test_ecd_weights_follow_forgetting_scores(tiny_base, tame_session):
     assert ecd.elastic_weights({1: 0.1, 2: 0.3}) == pytest.approx({1: 0.5, 2: 1.5})
     assert ecd.elastic_weights({1: 0.0, 2: 0.0}) == {1: 1.0, 2: 1.0}
-    # "kept": the concept the teacher still draws (low score) is held hardest
-    assert ecd.elastic_weights({1: 0.1, 2: 0.5}, "kept") == pytest.approx({1: 0.9 / 0.7, 2: 0.5 / 0.7})
-    with pytest.raises(InvalidSettingError, match="ecd_weighting takes one of forgotten, kept"):
-        ecd.elastic_weights({1: 0.1}, "newest")
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     prompts = ["a <|slot0|> dog", "a <|slot1|> cat"]
     losses: list[float] = []
