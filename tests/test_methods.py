@@ -19,7 +19,7 @@ from lifelong.errors import InvalidSettingError, UnknownMethodError
 from lifelong.generation import GenerateConfig, generate
 from lifelong.learner import LearnConfig, learn
 from lifelong.limits import DEFAULT_BUDGET_S, SECONDS_PER_SAMPLE, learn_seconds
-from lifelong.mechanisms import clora, dfkd, ecd, prior, tame
+from lifelong.mechanisms import clora, dfkd, ecd, memory, prior, tame
 from lifelong.mechanisms.memory import ShortTermMemory, allocate, forgetting_scores, register_clip
 from lifelong.methods import METHODS, get_method
 from lifelong.step import BuildContext, StepContext
@@ -268,6 +268,11 @@ def test_stm_allocation_follows_the_forgetting_score():
     assert allocate({1: 0.3, 2: 0.1}, {1: 4, 2: 4}, 4) == {1: 3, 2: 1}
     assert allocate({1: 0.0, 2: 0.0}, {1: 4, 2: 4}, 4) == {1: 2, 2: 2}
     assert allocate({1: 0.9, 2: 0.1}, {1: 1, 2: 4}, 3) == {1: 1, 2: 2}  # capped by what is stored
+    # the default memory replays every one of nine earlier concepts (five stored images each), even when
+    # one has drifted far more than the others (with 8 slots five of them went without)
+    scores = {i: 0.05 for i in range(1, 10)} | {1: 0.6}
+    quota = allocate(scores, dict.fromkeys(scores, 5), memory.SETTINGS["memory"].default)
+    assert min(quota.values()) >= 1 and quota[1] == max(quota.values())
 
 
 def test_forgetting_score_measures_drift_from_long_term_memory(tiny_base, tame_session):
