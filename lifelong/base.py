@@ -235,9 +235,8 @@ _load_lock = threading.Lock()
 def get_base(config: BaseConfig | None = None) -> BaseModel:
     """The process-wide base model for ``config``, loaded on first use (the one global we keep)."""
     config = config or BaseConfig()
-    config = replace(
-        config, model=config.model or default_model()
-    )  # keyed by what $LIFELONG_BASE_MODEL says now
+    # keyed by the model $LIFELONG_BASE_MODEL names now, not by an empty field
+    config = replace(config, model=config.model or default_model())
     with _load_lock:
         if config not in _loaded:
             _loaded[config] = load_base(config)

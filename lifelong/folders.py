@@ -1,8 +1,8 @@
 """Concepts kept as folders of images: the examples shipped in ``assets/concepts`` and a user's own.
 
 A folder holds one subfolder of images per concept and, optionally, an ``index.json``
-(``[{"name", "class_word", "example"}]``, in order; ``example`` marks the app's one-click examples). An image may have a caption file beside it (``0.png`` and
-``0.txt``, kohya's convention) saying what it shows besides the concept ("on a red background"). The app
+(``[{"name", "class_word", "example"}]``, in order; ``example`` marks the app's one-click examples). An
+image may have a caption file beside it (``0.png`` and ``0.txt``, kohya's convention) saying what it shows besides the concept ("on a red background"). The app
 offers the shipped ones as one-click examples; the benchmarks learn them in order.
 """
 
@@ -76,7 +76,11 @@ def load_concepts(folder: str | Path = BUNDLED_CONCEPTS, count: int | None = Non
     return concepts
 
 
-def load_examples(folder: str | Path = BUNDLED_CONCEPTS, limit: int = 4) -> list[FolderConcept]:
-    """The concepts the index marks as examples, in order; a folder that marks none offers its first ones."""
-    concepts = load_concepts(folder)
+def examples_of(concepts: list[FolderConcept], limit: int = 4) -> list[FolderConcept]:
+    """The concepts marked as examples, in order; where none is marked, the first ones."""
     return ([c for c in concepts if c.example] or concepts)[:limit]
+
+
+def load_examples(folder: str | Path = BUNDLED_CONCEPTS, limit: int = 4) -> list[FolderConcept]:
+    """The examples of ``folder`` (:func:`examples_of` its concepts)."""
+    return examples_of(load_concepts(folder), limit)

@@ -38,7 +38,7 @@ from lifelong.colors import NAMED_COLORS
 from lifelong.concepts import Session
 from lifelong.encoding import decode, encode_images
 from lifelong.files import atomic_write, write_json
-from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts, load_examples
+from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, examples_of, load_concepts
 from lifelong.generation import GenerateConfig, generate
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig, learn_folder
@@ -210,7 +210,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     concept_dir = getattr(args, "concept_dir", BUNDLED_CONCEPTS)
     everyone = load_concepts(concept_dir)
-    chosen = load_examples(concept_dir) if args.examples else everyone[: args.learn_concepts]
+    chosen = examples_of(everyone) if args.examples else everyone[: args.learn_concepts]
     base = get_base(BaseConfig(model=args.model, device=args.device, compile=compile_requested()))
     clip = EvalClip.load(args.eval_clip, base.device)
     encoder = IdentityEncoder.load(args.eval_identity, base.device)

@@ -38,7 +38,7 @@ from lifelong.base import BaseConfig, BaseModel, compile_requested, get_base
 from lifelong.concepts import Session
 from lifelong.configs import DEFAULT_METHOD
 from lifelong.files import atomic_write, write_json
-from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, load_concepts, load_examples
+from lifelong.folders import BUNDLED_CONCEPTS, FolderConcept, examples_of, load_concepts
 from lifelong.generation import GenerateConfig, generate
 from lifelong.intake import load_images
 from lifelong.learner import LearnConfig, learn_folder
@@ -343,10 +343,9 @@ def run(args: argparse.Namespace) -> int:
         guidance_scale=MultiConfig.guidance_scale if args.guidance is None else args.guidance,
         guided=tuple(parse_pairs(args.guided).items()),
     )
-    folder = args.concept_dir or BUNDLED_CONCEPTS
+    everyone = load_concepts(args.concept_dir or BUNDLED_CONCEPTS)
     if args.examples:
-        config = dataclasses.replace(config, names=tuple(c.name for c in load_examples(folder)))
-    everyone = load_concepts(folder)
+        config = dataclasses.replace(config, names=tuple(c.name for c in examples_of(everyone)))
     base = get_base(BaseConfig(model=args.model, device=args.device, compile=compile_requested()))
     clip = EvalClip.load(args.eval_clip, base.device)
     identity = None if args.eval_identity == "clip" else IdentityEncoder.load(args.eval_identity, base.device)
