@@ -107,10 +107,12 @@ class AttentionStore:
 
     Modes: "off" (capture nothing), "guide" (keep this forward pass's maps with their graph, for a gradient),
     "record" (add the conditional half of each classifier-free-guidance batch, detached, over steps).
+    ``columns``: the canvas is that many squares wide (side-by-side composition).
     """
 
-    def __init__(self, resolution: int, positions: Sequence[int]) -> None:
+    def __init__(self, resolution: int, positions: Sequence[int], columns: int = 1) -> None:
         self.resolution = resolution
+        self.columns = columns
         self.positions = list(positions)
         self.mode = "off"
         self._guide: list[torch.Tensor] = []
@@ -122,7 +124,7 @@ class AttentionStore:
             self.mode != "off"
             and encoder_hidden_states is not None
             and hidden_states.ndim == 3
-            and hidden_states.shape[1] == self.resolution**2
+            and hidden_states.shape[1] == self.resolution**2 * self.columns
         )
 
     def add(self, probs: torch.Tensor, heads: int) -> None:
@@ -146,11 +148,12 @@ class AttentionStore:
             self.mode = previous
 
     def recorded(self) -> torch.Tensor:
-        """(images, res, res, words): the recorded maps averaged over layers and steps."""
+        """(images, res, res·columns, words): the recorded maps averaged over layers and steps."""
+        width = self.resolution * self.columns
         if self._sum is None:
-            raise RuntimeError(f"no cross-attention was captured at {self.resolution}×{self.resolution}.")
+            raise RuntimeError(f"no cross-attention was captured at {self.resolution}×{width}.")
         maps = self._sum / self._count
-        return maps.unflatten(1, (self.resolution, self.resolution))
+        return maps.unflatten(1, (self.resolution, width))
 
 
 class CaptureProcessor:
@@ -330,7 +333,8 @@ class AttentionControl:
 class AttentionRecord:
     """The cross-attention maps of one generation (conditional branch, averaged over heads, layers, steps).
 
-    ``maps``: (images, res, res, words), summing to one over ``words`` at each location.
+    ``maps``: (images, res, res · squares side by side, words), summing to one over ``words`` at each
+    location.
     """
 
     words: list[str] = field(default_factory=list)

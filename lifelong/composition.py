@@ -13,6 +13,12 @@ step instead of drawn by the user. It costs one UNet pass per named concept inst
 
 The wrapper stands in for the UNet in diffusers' pipelines (lifelong.pipelines.sampling_pipeline); the
 maps come from the capture processors of lifelong.attention.
+
+Side by side, the canvas is one square per concept wide and the regions are fixed: concept i owns square i
+(blended into its neighbours over a quarter of a square), and its pass's prompt is its own phrase of the
+prompt with the shared words (``prompts.square_prompts``). Each pass runs over the whole canvas, so the
+background is one scene; each concept is drawn at the size it was learned at, where two objects sharing one
+square are each drawn at half size (on a small base, too small to tell apart).
 """
 
 from __future__ import annotations
@@ -40,6 +46,21 @@ from lifelong.base import BaseModel
 # Weights are softmax(peak-normalised map / SHARPNESS) over the concepts: a location goes almost wholly
 # (e^3 : 1 at 0.3) to a concept whose map there is 0.3 of its peak above the other's
 SHARPNESS = 0.1
+SEAM = 0.25  # side by side: the share of a square over which neighbouring squares blend
+
+
+def square_weights(count: int, height: int, width: int) -> torch.Tensor:
+    """(1, count, height, width) weights of ``count`` squares side by side: square i owns the i-th
+    ``width / count`` columns, with a linear blend ``SEAM`` of a square wide at each inner boundary; they
+    sum to one at each location."""
+    square = width / count
+    x = torch.arange(width, dtype=torch.float32) + 0.5
+    # rising edge of "square ≥ i": 0 left of boundary i, 1 right of it, linear across the seam
+    edges = [torch.ones(width)]
+    edges += [((x - i * square) / (SEAM * square) + 0.5).clamp(0, 1) for i in range(1, count)]
+    edges.append(torch.zeros(width))
+    columns = torch.stack([edges[i] - edges[i + 1] for i in range(count)])
+    return columns[None, :, None, :].expand(1, count, height, width).clone()
 
 
 def region_weights(maps: torch.Tensor, size: int) -> torch.Tensor:
@@ -83,13 +104,22 @@ class RegionalUNet(nn.Module):
     """Calls the base's UNet once per pass (one per named routed concept) and blends the outputs by region.
 
     ``images``: images per prompt, so the conditional half of a classifier-free-guidance batch can be told
-    from the unconditional one. ``composed_maps()``: the full prompt's word maps as composed, averaged over
+    from the unconditional one. ``columns`` > 1: side by side, fixed squares (``square_weights``) instead of
+    the regions the maps give. ``composed_maps()``: the full prompt's word maps as composed, averaged over
     the steps (each location's words from each pass, in that pass's share of the location).
     """
 
-    def __init__(self, base: BaseModel, passes: Sequence[RegionalPass], switch: _Switch, images: int) -> None:
+    def __init__(
+        self,
+        base: BaseModel,
+        passes: Sequence[RegionalPass],
+        switch: _Switch,
+        images: int,
+        columns: int = 1,
+    ) -> None:
         super().__init__()
         self.base, self.passes, self.switch, self.images = base, list(passes), switch, images
+        self.columns = columns
         self.inner = base.pipe.unet
         self._sum: torch.Tensor | None = None
         self._count = 0
@@ -121,15 +151,18 @@ class RegionalUNet(nn.Module):
                 self.switch.current = None
             words.append(torch.stack(captured).mean(0)[-self.images :])  # (images, locations, words)
             outputs.append(output[0] if isinstance(output, tuple) else output.sample)
-        res = self.passes[0].store.resolution
-        maps = torch.stack(
-            [group_maps(w, [one.group])[:, 0] for w, one in zip(words, self.passes, strict=True)], dim=1
-        )
-        shares = region_weights(maps.unflatten(-1, (res, res)), res)  # (images, passes, res, res)
-        self._record(words, shares.flatten(2))
-        size = sample.shape[-1]
-        weights = F.interpolate(shares, size=(size, size), mode="bilinear", align_corners=False)
-        weights = weights.to(outputs[0].dtype).repeat(len(sample) // self.images, 1, 1, 1)  # both CFG halves
+        res, count = self.passes[0].store.resolution, len(self.passes)
+        if self.columns > 1:
+            shares = square_weights(count, res, res * self.columns).expand(self.images, -1, -1, -1)
+            weights = square_weights(count, *sample.shape[-2:]).to(sample.device)
+        else:
+            maps = torch.stack(
+                [group_maps(w, [one.group])[:, 0] for w, one in zip(words, self.passes, strict=True)], dim=1
+            )
+            shares = region_weights(maps.unflatten(-1, (res, res)), res)  # (images, passes, res, res)
+            weights = F.interpolate(shares, size=sample.shape[-2:], mode="bilinear", align_corners=False)
+        self._record(words, shares.flatten(2).to(words[0].device))
+        weights = weights.to(outputs[0].dtype).repeat(len(sample) // len(weights), 1, 1, 1)  # both CFG halves
         blended = sum(weights[:, i : i + 1] * out for i, out in enumerate(outputs))
         return (blended,)
 
@@ -144,11 +177,11 @@ class RegionalUNet(nn.Module):
         self._count += 1
 
     def composed_maps(self) -> torch.Tensor:
-        """(images, res, res, words of the full prompt)."""
+        """(images, res, res · columns, words of the full prompt)."""
         if self._sum is None:
             raise RuntimeError("no sampling step ran through the regional UNet.")
         res = self.passes[0].store.resolution
-        return (self._sum / self._count).unflatten(1, (res, res))
+        return (self._sum / self._count).unflatten(1, (res, res * self.columns))
 
 
 def concept_group(tokens: PromptTokens, label: str) -> list[int]:
@@ -156,16 +189,17 @@ def concept_group(tokens: PromptTokens, label: str) -> list[int]:
     return sorted({*tokens.concepts[label], *tokens.attributes.get(label, [])})
 
 
-def word_alignment(full: PromptTokens, own: PromptTokens, left_out: set[str]) -> list[int]:
-    """For each word of the full prompt, its index among a pass's words (-1 for the tokens it leaves out):
-    the pass's prompt is the full one without the ``left_out`` concept labels."""
+def word_alignment(full: PromptTokens, own: PromptTokens) -> list[int]:
+    """For each word of the full prompt, its index among a pass's words (-1 for the words the pass leaves
+    out): the pass's prompt is the full one with some words left out (the other routed concepts' tokens,
+    or side by side their phrases), so its words are matched in order."""
     alignment, j = [], 0
     for word in full.words:
-        if word in left_out or j >= len(own.words):
+        if j < len(own.words) and own.words[j] == word:
+            alignment.append(j)
+            j += 1
+        else:
             alignment.append(-1)
-            continue
-        alignment.append(j)
-        j += 1
     return alignment
 
 
@@ -177,26 +211,28 @@ def regional_unet(
     images: int,
     attention_res: int = 0,
     record: AttentionRecord | None = None,
+    side_by_side: bool = False,
 ) -> Iterator[RegionalUNet]:
     """The wrapper for one generation from (state, conditional text states, the pass prompt's tokens, the
     concept's label) per concept and the full prompt's tokens, with map-capturing processors swapped into
-    the UNet meanwhile. On exit, ``record`` holds the composed maps of the full prompt's words."""
+    the UNet meanwhile; ``side_by_side``: on a canvas one square per concept wide, each in its own. On exit,
+    ``record`` holds the composed maps of the full prompt's words."""
     unet = base.pipe.unet
     resolution = capture_resolution(unet, attention_res)
-    labels = {label for *_, label in passes}
+    columns = len(passes) if side_by_side else 1
     built = [
         RegionalPass(
             state,
             cond,
-            AttentionStore(resolution, tokens.positions),
+            AttentionStore(resolution, tokens.positions, columns),
             concept_group(tokens, label),
-            word_alignment(full, tokens, labels - {label}),
+            word_alignment(full, tokens),
         )
         for state, cond, tokens, label in passes
     ]
     switch = _Switch()
     with capture_processors(unet, switch):  # type: ignore[arg-type]
-        wrapper = RegionalUNet(base, built, switch, images)
+        wrapper = RegionalUNet(base, built, switch, images, columns)
         yield wrapper
     if record is not None:
         record.words, record.concepts, record.attributes = full.words, full.concepts, full.attributes

@@ -187,6 +187,11 @@ class GenerateConfig:
         f"prompts naming 2–{MAX_REGIONS} routed concepts: each concept's own UNet pass draws it where its "
         "words attend (one pass per concept) instead of all their deltas mixed at part weight",
     )
+    side_by_side: bool = setting(
+        False,
+        f"prompts naming 2–{MAX_REGIONS} routed concepts: a canvas one square per concept wide, each concept "
+        "drawn whole in its own square from its own phrase of the prompt (one pass per concept)",
+    )
     icgen_strength: float = setting(
         1.0,
         "below 1: start from a named concept's stored image latent noised to this strength (ICGen); "

@@ -30,7 +30,7 @@ from lifelong.pipelines import (
     sampling_pipeline,
 )
 from lifelong.progress import ProgressFn
-from lifelong.prompts import without_concepts
+from lifelong.prompts import square_prompts, without_concepts
 
 __all__ = ["GenerateConfig", "denoise", "generate", "generate_with_maps", "initial_noise", "warm_up"]
 
@@ -46,11 +46,12 @@ def check_inputs(prompt: str, config: GenerateConfig) -> None:
         raise InvalidSettingError("icgen_context is 'mean' or the index of a context image, e.g. 0.")
 
 
-def initial_noise(base: BaseModel, seeds: list[int]) -> torch.Tensor:
-    """One latent of Gaussian noise per seed, drawn on the CPU so every device gets the same numbers."""
+def initial_noise(base: BaseModel, seeds: list[int], columns: int = 1) -> torch.Tensor:
+    """One latent of Gaussian noise per seed, drawn on the CPU so every device gets the same numbers;
+    ``columns`` squares wide."""
     unet = base.pipe.unet
     size = int(unet.config.sample_size)
-    shape = (int(unet.config.in_channels), size, size)
+    shape = (int(unet.config.in_channels), size, size * columns)
     noise = [torch.randn(shape, generator=torch.Generator().manual_seed(seed)) for seed in seeds]
     return torch.stack(noise).to(base.device)
 
@@ -66,11 +67,13 @@ def denoise(
     attention: AttentionControl | None = None,
     context: torch.Tensor | None = None,
     unet: torch.nn.Module | None = None,
+    columns: int = 1,
 ) -> torch.Tensor:
     """Clean latents, one per seed, through diffusers' text-to-image pipeline with classifier-free guidance.
 
     ``attention`` (CAA/OAA) may move the latents before each step's noise prediction; ``unet`` stands in
-    for the base's (regional composition, lifelong.composition). With a ``context``
+    for the base's (regional composition, lifelong.composition); ``columns``: a canvas that many squares
+    wide (side by side; text-to-image only). With a ``context``
     latent and ``config.icgen_strength`` < 1, image-to-image from the context instead (ICGen): it keeps the
     last round(steps × strength) steps (at least one) and noises the context to the first kept one.
     """
@@ -91,7 +94,8 @@ def denoise(
         pipe = sampling_pipeline(base, TextToImage, unet, hooks)
         # the seeds' noise, drawn on the CPU; the pipeline scales it by init_noise_sigma and keeps its latents
         # in the UNet's dtype (on float16 GPUs the sampler's arithmetic is float16 now, it was float32)
-        return pipe(latents=initial_noise(base, seeds).to(base.dtype), **common)[0].float()
+        size = {"height": base.resolution, "width": base.resolution * columns}
+        return pipe(latents=initial_noise(base, seeds, columns).to(base.dtype), **size, **common)[0].float()
     pipe = sampling_pipeline(base, ImageToImage, unet, hooks)
     kept = kept_steps(config.steps, config.icgen_strength)
     hooks.first = (config.steps - kept) * pipe.scheduler.order
@@ -153,11 +157,17 @@ def generate(
     negative = session.rewrite_prompt(config.negative_prompt, k, "the negative prompt")
     seeds = [config.seed + i for i in range(config.num_images)]
     context = vision_context(session, prompt, k, config.icgen_context) if config.icgen_strength < 1 else None
-    regions = regional_concepts(session, prompt, k) if config.regional else []
+    regional = config.regional or config.side_by_side
+    regions = regional_concepts(session, prompt, k) if regional else []
     if regions and (config.caa or config.oaa):
         raise InvalidSettingError(
-            "regional composition and CAA/OAA attention guidance are alternatives for prompts naming two "
-            "routed concepts: turn one of them off."
+            "regional composition (or side by side) and CAA/OAA attention guidance are alternatives for "
+            "prompts naming two routed concepts: turn one of them off."
+        )
+    if regions and config.side_by_side and context is not None:
+        raise InvalidSettingError(
+            "side by side draws each concept on a wider canvas from noise, not from a stored square image: "
+            "set icgen_strength to 1 or turn side by side off."
         )
     if regions:
         return _generate_regional(
@@ -203,16 +213,17 @@ def _generate_regional(
     context: torch.Tensor | None,
 ) -> list[Image.Image]:
     """Generate with one UNet pass per named routed concept, each with its own deltas and its prompt without
-    the other routed concepts' tokens, blended by region (lifelong.composition). ``text``: ``prompt``
-    rewritten to slot tokens."""
+    the other routed concepts' tokens (side by side: its own phrase of the prompt), blended by region
+    (lifelong.composition). ``text``: ``prompt`` rewritten to slot tokens."""
     names = session.names()
     labels = [f"<{names[i - 1]}>" for i in regions]
     # per concept: the stacked concepts and this routed one, as a prompt naming it alone would get
     states = [session.state(k, base.slot_token_ids, label) for label in labels]
-    own_texts = [
-        session.rewrite_prompt(without_concepts(prompt, {names[j - 1] for j in regions if j != i}), k)
-        for i in regions
-    ]
+    if config.side_by_side:
+        own_prompts = square_prompts(prompt, [names[i - 1] for i in regions])
+    else:
+        own_prompts = [without_concepts(prompt, {names[j - 1] for j in regions if j != i}) for i in regions]
+    own_texts = [session.rewrite_prompt(own, k) for own in own_prompts]
     with use_state(base, states[0]), torch.no_grad():  # every state holds every concept's embedding
         conds = [encode_text(base, [own]) for own in own_texts]
         cond, uncond = encode_text(base, [text]), encode_text(base, [negative])
@@ -224,9 +235,14 @@ def _generate_regional(
     with (
         base.lock,
         torch.inference_mode(),
-        regional_unet(base, passes, full, len(seeds), config.attention_res, record) as unet,
+        regional_unet(
+            base, passes, full, len(seeds), config.attention_res, record, config.side_by_side
+        ) as unet,
     ):
-        latents = denoise(base, seeds, cond, uncond, config, progress, context=context, unet=unet)
+        columns = len(regions) if config.side_by_side else 1
+        latents = denoise(
+            base, seeds, cond, uncond, config, progress, context=context, unet=unet, columns=columns
+        )
         return decode(base, latents)
 
 

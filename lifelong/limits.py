@@ -39,9 +39,10 @@ def learn_seconds(config: LearnConfig, concepts: int = 0) -> float:
 def generate_seconds(config: GenerateConfig, generations: int = 1) -> float:
     """``generations`` calls of generate with ``config`` (classifier-free guidance runs the UNet twice)."""
     # guided steps (the first attention_steps of them) run the UNet once more; regional composition runs
-    # it once per concept it draws apart, and the prompt is not known here: at most MAX_REGIONS
+    # it once per concept it draws apart, and the prompt is not known here: at most MAX_REGIONS; side by
+    # side, each pass covers a canvas that many squares wide
     guided = min(config.attention_steps, config.steps) if config.caa or config.oaa else 0
-    passes = MAX_REGIONS if config.regional else 1
+    passes = MAX_REGIONS**2 if config.side_by_side else MAX_REGIONS if config.regional else 1
     unet_calls = 2 * generations * (config.steps + guided) * config.num_images * passes
     return GENERATE_OVERHEAD_S + unet_calls * SECONDS_PER_SAMPLE
 

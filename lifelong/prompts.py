@@ -108,3 +108,44 @@ def without_concepts(prompt: str, names: set[str]) -> str:
     """``prompt`` with the concept tokens ``<name>`` of ``names`` left out (their class words stay)."""
     kept = TOKEN_PATTERN.sub(lambda match: "" if match.group(1) in names else match.group(0), prompt)
     return " ".join(kept.split())
+
+
+# Words that end a concept's phrase: joiners between phrases and the prepositions that start a scene
+# ("… on a blue background", "a photo of …"). A phrase is a run of other words around a concept's token.
+JOINERS = ("and", "with", "beside", "next", "to", "among", "between", "against")
+PREPOSITIONS = ("of", "on", "in", "at", "by", "near", "under", "over", "above", "below", "behind", "inside")
+PHRASE_BREAKS = frozenset((*JOINERS, *PREPOSITIONS, "from", "into", "onto"))
+
+
+def _words(prompt: str) -> list[str]:
+    """The prompt's words, with commas and semicolons as words of their own."""
+    return re.sub(r"([,;])", r" \1 ", prompt).split()
+
+
+def square_prompts(prompt: str, names: list[str]) -> list[str]:
+    """For each concept in ``names`` (each named in ``prompt`` as ``<name>``), the prompt for a square that
+    draws that concept alone: the words before the first concept's phrase, that concept's phrase and the
+    words after the last phrase. "a <rex> dog and a <mug> mug on a table" → "a <rex> dog on a table" and
+    "a <mug> mug on a table". A phrase is the run of words around the token up to a comma, a joiner or a
+    preposition (``PHRASE_BREAKS``); another concept's token inside it is left out."""
+    words = _words(prompt)
+    tokens = [TOKEN_PATTERN.fullmatch(word) for word in words]
+
+    def breaks(i: int) -> bool:
+        return tokens[i] is None and (words[i] in ",;" or words[i].lower() in PHRASE_BREAKS)
+
+    spans = []
+    for name in names:
+        at = next(i for i, match in enumerate(tokens) if match is not None and match.group(1) == name)
+        start, end = at, at + 1
+        while start > 0 and not breaks(start - 1):
+            start -= 1
+        while end < len(words) and not breaks(end):
+            end += 1
+        spans.append((start, end))
+    first, last = min(start for start, _ in spans), max(end for _, end in spans)
+    prompts = []
+    for name, (start, end) in zip(names, spans, strict=True):
+        own = without_concepts(" ".join(words[start:end]), set(names) - {name})
+        prompts.append(" ".join([*words[:first], own, *words[last:]]).replace(" ,", ",").replace(" ;", ";"))
+    return prompts

@@ -38,6 +38,16 @@ def test_peak_crop_is_half_the_image_around_the_peak_and_stays_inside():
     assert np.array_equal(np.asarray(peak_crop(image, heat)), np.asarray(image)[20:52, 32:64])
 
 
+def test_side_by_side_crop_is_a_whole_square_around_the_peak():
+    image = Image.fromarray(np.arange(64 * 128 * 3, dtype=np.uint8).reshape(64, 128, 3))
+    heat = torch.zeros(8, 16)
+    heat[3, 12] = 1.0  # centre (100, 28): the right square's whole height, clamped to the right edge
+    assert np.array_equal(np.asarray(peak_crop(image, heat)), np.asarray(image)[:, 64:])
+    heat = torch.zeros(8, 16)
+    heat[3, 7] = 1.0  # centre (60, 28): a square across the seam, as the map says
+    assert np.array_equal(np.asarray(peak_crop(image, heat)), np.asarray(image)[:, 28:92])
+
+
 def test_multi_benchmark_reports_both_settings_on_the_same_seeds(tiny_base, tmp_path):
     everyone = [
         FolderConcept("rex", "dog", tuple(pattern_images())),

@@ -11,7 +11,7 @@ from conftest import pattern_images
 
 from lifelong.adapters import use_state
 from lifelong.attention import AttentionRecord, prompt_tokens
-from lifelong.composition import region_weights, regional_unet
+from lifelong.composition import SEAM, region_weights, regional_unet, square_weights
 from lifelong.concepts import Session
 from lifelong.encoding import encode_text
 from lifelong.errors import InvalidPromptError, InvalidSettingError
@@ -22,6 +22,7 @@ from lifelong.limits import GENERATE_OVERHEAD_S, generate_seconds
 PROMPT = "a <rex> dog and a <mug> mug"
 PLAIN = GenerateConfig(steps=4, seed=3, num_images=2)
 REGIONAL = dataclasses.replace(PLAIN, regional=True)
+SIDE = dataclasses.replace(PLAIN, side_by_side=True)
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +143,76 @@ def test_regional_generation_starts_from_a_stored_latent_when_asked(sharp_base, 
     from_context = pixels(generate(sharp_base, session, PROMPT, start))
     from_noise = pixels(generate(sharp_base, session, PROMPT, REGIONAL))
     assert np.abs(from_context - from_noise).mean() > 0.5  # ICGen's start reaches the regional run
+
+
+def test_square_weights_give_each_square_its_columns_and_blend_only_at_the_seams():
+    weights = square_weights(2, 4, 32)[0]
+    assert weights.shape == (2, 4, 32)
+    assert torch.allclose(weights.sum(0), torch.ones(4, 32))
+    seam = int(SEAM * 16 / 2)  # half the blend on either side of column 16
+    assert (weights[0, :, : 16 - seam] == 1).all() and (weights[1, :, 16 + seam :] == 1).all()
+    assert ((weights[0, 0, 16 - seam : 16 + seam] > 0) & (weights[0, 0, 16 - seam : 16 + seam] < 1)).all()
+    three = square_weights(3, 1, 48)[0, :, 0]
+    assert three.argmax(0).tolist() == [0] * 16 + [1] * 16 + [2] * 16  # each square owns its third
+
+
+def _passes(base, session, texts):
+    names = session.names()
+    passes = []
+    for label, text in texts:
+        state = session.state(2, base.slot_token_ids, label)
+        own = session.rewrite_prompt(text, 2)
+        with use_state(base, state), torch.no_grad():
+            cond = encode_text(base, [own])
+        passes.append((state, cond, prompt_tokens(base, own, names), label))
+    return passes
+
+
+def test_side_by_side_takes_each_pass_in_its_own_square(sharp_base, routed):
+    passes = _passes(sharp_base, routed, (("<rex>", "a <rex> dog"), ("<mug>", "a <mug> mug")))
+    unet = sharp_base.pipe.unet
+    size = int(unet.config.sample_size)
+    shape = (2, int(unet.config.in_channels), size, 2 * size)
+    sample = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    uncond = torch.zeros_like(passes[0][1])
+    t = torch.tensor(500)
+    full = prompt_tokens(sharp_base, routed.rewrite_prompt(PROMPT, 2), routed.names())
+    with torch.no_grad():
+        alone = []
+        for state, cond, _, _ in passes:
+            with use_state(sharp_base, state):
+                alone.append(unet(sample, t, torch.cat([uncond, cond]), return_dict=False)[0])
+        with regional_unet(sharp_base, passes, full, images=1, side_by_side=True) as wrapper:
+            blended = wrapper(sample, t, torch.cat([uncond, passes[0][1]]), return_dict=False)[0]
+    seam = int(SEAM * size / 2) + 1
+    torch.testing.assert_close(blended[..., : size - seam], alone[0][..., : size - seam])
+    torch.testing.assert_close(blended[..., size + seam :], alone[1][..., size + seam :])
+    assert not torch.allclose(alone[0], alone[1], atol=1e-4)
+
+
+def test_side_by_side_draws_a_wider_canvas_the_same_every_time(sharp_base, routed, tmp_path):
+    unet_before = {k: v.clone() for k, v in sharp_base.pipe.unet.state_dict().items()}
+    record = AttentionRecord()
+    first = generate(sharp_base, routed, PROMPT + " on a table", SIDE, record=record)
+    side = sharp_base.resolution
+    assert [image.size for image in first] == [(2 * side, side)] * 2
+    again = generate(sharp_base, routed, PROMPT + " on a table", SIDE)
+    np.testing.assert_array_equal(pixels(first), pixels(again))
+    res = record.maps.shape[1]
+    assert record.maps.shape[:3] == (2, res, 2 * res)  # the maps cover the whole canvas
+    rex, mug = record.label_maps(["<rex>", "<mug>"])[0].sum(1)  # per column
+    assert rex[: res // 2].sum() > mug[: res // 2].sum() and mug[-res // 2 :].sum() > rex[-res // 2 :].sum()
+    for key, value in sharp_base.pipe.unet.state_dict().items():
+        assert torch.equal(value, unet_before[key]), key
+    one = generate(sharp_base, routed, "a <rex> dog", SIDE)  # one routed concept: plain sampling
+    assert one[0].size == (side, side)
+    assert generate_seconds(SIDE) - GENERATE_OVERHEAD_S == pytest.approx(
+        9 * (generate_seconds(PLAIN) - GENERATE_OVERHEAD_S)
+    )  # up to three passes over a canvas three squares wide
+    session = Session.create(tmp_path / "icgen", "tiny-sharp")
+    for name, word, seed in (("rex", "dog", 0), ("mug", "mug", 2)):
+        learn(
+            sharp_base, session, pattern_images(seed=seed), name, word, LearnConfig("routed+icgen", steps=1)
+        )
+    with pytest.raises(InvalidSettingError, match="icgen_strength"):
+        generate(sharp_base, session, PROMPT, dataclasses.replace(SIDE, icgen_strength=0.5))
