@@ -1,11 +1,13 @@
-"""``python -m lifelong.bench --multi``: two learned concepts in one prompt, CAA/OAA off vs on.
+"""``python -m lifelong.bench --multi``: two learned concepts in one prompt, plain vs guided (CAA/OAA, or the
+composition ``--guided`` names, e.g. side_by_side=true caa=false oaa=false).
 
 The first ``--concepts`` concepts are learned in one session (``--methods``' first method, else the app's
 default, at the app's default steps unless ``--steps``).
 For every pair (i, j) the prompt "a <i> {class} and a <j> {class} on a {color} background" is generated
-with the same seeds twice: attention guidance off, then on (GenerateConfig's caa/oaa). For each image and
-each of its two concepts, the square of half the image's side centred on the concept's cross-attention peak
-is cropped, and the identity encoder (metrics.alignment_features) compares the crop with
+with the same seeds twice: off (the plain mix), then on (GenerateConfig's caa/oaa and ``--guided``). For each
+image and each of its two concepts, the square of the concept's share of the image (half the side of a square
+image, the height of a side-by-side canvas) centred on the concept's cross-attention peak is cropped, and
+the identity encoder (metrics.alignment_features) compares the crop with
 
 - the concept's own reference images: the concept's IA in that image;
 - the references of every concept of the folder outside the pair: the level of unrelated concepts.
@@ -242,6 +244,8 @@ def run_multi(
         seed=config.seed,
         caa=False,
         oaa=False,
+        regional=False,
+        side_by_side=False,  # the plain mix of both concepts' deltas at half weight
     )
     guided = override(dataclasses.replace(plain, caa=True, oaa=True), dict(config.guided))
     settings = {"off": plain, "on": guided}
@@ -294,7 +298,7 @@ def table(results: dict[str, SettingResult], statistics: MultiStatistics) -> str
     """Per setting, the both-present rate and minimum similarity as "value [95 % interval]", then on − off
     (in bold when its interval excludes 0)."""
     lines = [
-        "| CAA + OAA | both present ↑ | min similarity ↑ | concept IA ↑ | best unrelated IA | s / image |",
+        "| setting | both present ↑ | min similarity ↑ | concept IA ↑ | best unrelated IA | s / image |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for setting, r in results.items():
@@ -310,6 +314,12 @@ def table(results: dict[str, SettingResult], statistics: MultiStatistics) -> str
         cells.append(f"**{text}**" if paired.excludes_zero else text)
     lines.append(f"| on − off | {cells[0]} | {cells[1]} | | | |")
     return "\n".join(lines)
+
+
+def describe_guided(config: MultiConfig) -> str:
+    """What the "on" setting changes: CAA + OAA, with the --guided settings."""
+    shown = {"caa": "true", "oaa": "true", **dict(config.guided)}
+    return ", ".join(f"{key}={value}" for key, value in shown.items())
 
 
 def per_concept_table(results: dict[str, SettingResult]) -> str:
@@ -374,7 +384,8 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / "multi.json", document)
     atomic_write(out / "multi_grid.png", lambda tmp: grid.save(tmp, format="PNG"))
     report = (
-        f"# Multi-concept attention\n\n`{command}`\n\n{table(results, statistics)}\n\n"
+        f"# Two concepts in one image\n\n`{command}`\n\n{table(results, statistics)}\n\n"
+        f"off: plain sampling; on: {describe_guided(config)}.\n\n"
         f"[low, high]: 95 % interval, percentile bootstrap ({args.resamples} resamples) over the pairs and, "
         "within each, its seeds; on − off is paired on the same pairs and seeds (**bold**: excludes 0). "
         "Min similarity: per image, the lower of its two concepts' IA (Attend-and-Excite's measure).\n\n"
