@@ -190,7 +190,8 @@ class GenerateConfig:
     side_by_side: bool = setting(
         False,
         f"prompts naming 2–{MAX_REGIONS} routed concepts: a canvas one square per concept wide, each concept "
-        "drawn whole in its own square from its own phrase of the prompt (one pass per concept)",
+        "drawn whole in its own square from its own phrase of the prompt (one pass per concept); regional, "
+        "CAA/OAA or an ICGen start, when on, take its place",
     )
     icgen_strength: float = setting(
         1.0,

@@ -157,21 +157,17 @@ def generate(
     negative = session.rewrite_prompt(config.negative_prompt, k, "the negative prompt")
     seeds = [config.seed + i for i in range(config.num_images)]
     context = vision_context(session, prompt, k, config.icgen_context) if config.icgen_strength < 1 else None
-    regional = config.regional or config.side_by_side
-    regions = regional_concepts(session, prompt, k) if regional else []
+    # side by side gives way to a composition asked for by name, and to a start from a square stored image
+    side = config.side_by_side and not (config.regional or config.caa or config.oaa) and context is None
+    regions = regional_concepts(session, prompt, k) if config.regional or side else []
     if regions and (config.caa or config.oaa):
         raise InvalidSettingError(
-            "regional composition (or side by side) and CAA/OAA attention guidance are alternatives for "
-            "prompts naming two routed concepts: turn one of them off."
-        )
-    if regions and config.side_by_side and context is not None:
-        raise InvalidSettingError(
-            "side by side draws each concept on a wider canvas from noise, not from a stored square image: "
-            "set icgen_strength to 1 or turn side by side off."
+            "regional composition and CAA/OAA attention guidance are alternatives for prompts naming two "
+            "routed concepts: turn one of them off."
         )
     if regions:
         return _generate_regional(
-            base, session, k, prompt, text, negative, seeds, config, regions, progress, record, context
+            base, session, k, prompt, text, negative, seeds, config, regions, side, progress, record, context
         )
     with use_state(base, session.state(k, base.slot_token_ids, prompt)), torch.no_grad():
         cond, uncond = encode_text(base, [text]), encode_text(base, [negative])
@@ -208,18 +204,20 @@ def _generate_regional(
     seeds: list[int],
     config: GenerateConfig,
     regions: list[int],
+    side: bool,
     progress: ProgressFn | None,
     record: AttentionRecord | None,
     context: torch.Tensor | None,
 ) -> list[Image.Image]:
     """Generate with one UNet pass per named routed concept, each with its own deltas and its prompt without
-    the other routed concepts' tokens (side by side: its own phrase of the prompt), blended by region
-    (lifelong.composition). ``text``: ``prompt`` rewritten to slot tokens."""
+    the other routed concepts' tokens, blended by region (lifelong.composition); ``side``: side by side,
+    each from its own phrase of the prompt in its own square. ``text``: ``prompt`` rewritten to slot
+    tokens."""
     names = session.names()
     labels = [f"<{names[i - 1]}>" for i in regions]
     # per concept: the stacked concepts and this routed one, as a prompt naming it alone would get
     states = [session.state(k, base.slot_token_ids, label) for label in labels]
-    if config.side_by_side:
+    if side:
         own_prompts = square_prompts(prompt, [names[i - 1] for i in regions])
     else:
         own_prompts = [without_concepts(prompt, {names[j - 1] for j in regions if j != i}) for i in regions]
@@ -235,11 +233,9 @@ def _generate_regional(
     with (
         base.lock,
         torch.inference_mode(),
-        regional_unet(
-            base, passes, full, len(seeds), config.attention_res, record, config.side_by_side
-        ) as unet,
+        regional_unet(base, passes, full, len(seeds), config.attention_res, record, side) as unet,
     ):
-        columns = len(regions) if config.side_by_side else 1
+        columns = len(regions) if side else 1
         latents = denoise(
             base, seeds, cond, uncond, config, progress, context=context, unet=unet, columns=columns
         )

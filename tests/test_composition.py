@@ -209,10 +209,16 @@ def test_side_by_side_draws_a_wider_canvas_the_same_every_time(sharp_base, route
     assert generate_seconds(SIDE) - GENERATE_OVERHEAD_S == pytest.approx(
         9 * (generate_seconds(PLAIN) - GENERATE_OVERHEAD_S)
     )  # up to three passes over a canvas three squares wide
+    for named in ({"regional": True}, {"caa": True}):  # a composition asked for by name takes its place
+        asked = dataclasses.replace(PLAIN, **named)
+        chosen = generate(sharp_base, routed, PROMPT, dataclasses.replace(asked, side_by_side=True))
+        np.testing.assert_array_equal(pixels(chosen), pixels(generate(sharp_base, routed, PROMPT, asked)))
     session = Session.create(tmp_path / "icgen", "tiny-sharp")
     for name, word, seed in (("rex", "dog", 0), ("mug", "mug", 2)):
-        learn(
-            sharp_base, session, pattern_images(seed=seed), name, word, LearnConfig("routed+icgen", steps=1)
-        )
-    with pytest.raises(InvalidSettingError, match="icgen_strength"):
-        generate(sharp_base, session, PROMPT, dataclasses.replace(SIDE, icgen_strength=0.5))
+        config = LearnConfig("routed+icgen", steps=1)
+        learn(sharp_base, session, pattern_images(seed=seed), name, word, config)
+    start = dataclasses.replace(PLAIN, icgen_strength=0.5)  # a square stored image to start from
+    np.testing.assert_array_equal(
+        pixels(generate(sharp_base, session, PROMPT, dataclasses.replace(start, side_by_side=True))),
+        pixels(generate(sharp_base, session, PROMPT, start)),
+    )
