@@ -12,9 +12,7 @@ are the teacher's own 20-step DDIM images of them, so the student is held to the
 meets when generating, at every noise level. With ``samples`` = 0, x_t is pure noise at a random t (cheaper,
 but off the data distribution for all but the noisiest t: on the bundled model that version forgot more
 than finetune, docs/BENCHMARKS.md). With ``sampler_steps`` n > 0, x_t is instead reached by j ~ U{1..n}
-teacher DDIM steps (of 20) from noise, fresh every step. With ``guidance`` g > 1 the teacher's walks use
-classifier-free guidance at g (ε(∅) + g·(ε(c) − ε(∅)), twice the passes), as sampling does, so the
-pseudo-samples lie where a user's generations of the prompt go rather than where the unguided model drifts.
+teacher DDIM steps (of 20) from noise, fresh every step.
 """
 
 from __future__ import annotations
@@ -50,12 +48,6 @@ SETTINGS = {
     "dfkd_sampler_steps": Setting(
         0, "n > 0: x_t from up to n fresh teacher sampler steps instead", 0, SAMPLER_GRID - 1
     ),
-    "dfkd_guidance": Setting(
-        1.0,
-        "classifier-free guidance of the teacher's walks (1: none, as the teacher alone draws)",
-        1.0,
-        20.0,
-    ),
 }
 
 
@@ -87,17 +79,10 @@ class DataFreeDistillation:
     name = "dfkd"
 
     def __init__(
-        self,
-        pool: list[str],
-        weight: float,
-        every: int,
-        batch: int,
-        samples: int,
-        sampler_steps: int,
-        guidance: float = 1.0,
+        self, pool: list[str], weight: float, every: int, batch: int, samples: int, sampler_steps: int
     ) -> None:
         self.pool, self.weight, self.every, self.batch = pool, weight, every, batch
-        self.samples, self.sampler_steps, self.guidance = samples, sampler_steps, guidance
+        self.samples, self.sampler_steps = samples, sampler_steps
         self._embeddings: torch.Tensor | None = None
         self._pseudo: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -171,16 +156,7 @@ class DataFreeDistillation:
             walk = int(
                 torch.randint(1, self.sampler_steps + 1, (1,), generator=ctx.generator, device=noise.device)
             )
-        if self.guidance > 1:
-            empty = ctx.encode([""]).expand_as(embeddings)
-            both = torch.cat([empty, embeddings])
-
-            def teacher(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                plain, cond = ctx.teacher(latents.repeat(2, 1, 1, 1).to(ctx.base.dtype), t, both).chunk(2)
-                return plain + self.guidance * (cond - plain)
-
-        else:
-            teacher = lambda latents, t: ctx.teacher(latents.to(ctx.base.dtype), t, embeddings)  # noqa: E731
+        teacher = lambda latents, t: ctx.teacher(latents.to(ctx.base.dtype), t, embeddings)  # noqa: E731
         start = noise * scheduler.init_noise_sigma
         latents = teacher_steps(scheduler, start, scheduler.timesteps[:walk], teacher)
         return latents, scheduler.timesteps[min(walk, SAMPLER_GRID - 1)].repeat(len(latents))
@@ -199,9 +175,8 @@ def cost(settings: Mapping[str, Value], concepts: int) -> Cost:
     )
     batch, every = int(settings["dfkd_batch"]), int(settings["dfkd_every"])
     walk, samples = int(settings["dfkd_sampler_steps"]), int(settings["dfkd_samples"])
-    guided = 2 if float(settings["dfkd_guidance"]) > 1 else 1  # a guided teacher step is two passes
-    per_step = batch * (2 + guided * walk) / every
-    return Cost(per_step, guided * samples * max(pool, 1) * SAMPLER_GRID if samples and not walk else 0.0)
+    per_step = batch * (2 + walk) / every
+    return Cost(per_step, samples * max(pool, 1) * SAMPLER_GRID if samples and not walk else 0.0)
 
 
 def build(ctx: BuildContext) -> DataFreeDistillation:
@@ -213,7 +188,6 @@ def build(ctx: BuildContext) -> DataFreeDistillation:
         int(s["dfkd_batch"]),
         int(s["dfkd_samples"]),
         int(s["dfkd_sampler_steps"]),
-        float(s["dfkd_guidance"]),
     )
 
 
