@@ -107,12 +107,12 @@ class AttentionStore:
 
     Modes: "off" (capture nothing), "guide" (keep this forward pass's maps with their graph, for a gradient),
     "record" (add the conditional half of each classifier-free-guidance batch, detached, over steps).
-    ``columns``: the canvas is that many squares wide (side-by-side composition).
+    ``width``: cells per row of the maps it takes (side by side, a window wider than its height).
     """
 
-    def __init__(self, resolution: int, positions: Sequence[int], columns: int = 1) -> None:
+    def __init__(self, resolution: int, positions: Sequence[int]) -> None:
         self.resolution = resolution
-        self.columns = columns
+        self.width = resolution
         self.positions = list(positions)
         self.mode = "off"
         self._guide: list[torch.Tensor] = []
@@ -124,7 +124,7 @@ class AttentionStore:
             self.mode != "off"
             and encoder_hidden_states is not None
             and hidden_states.ndim == 3
-            and hidden_states.shape[1] == self.resolution**2 * self.columns
+            and hidden_states.shape[1] == self.resolution * self.width
         )
 
     def add(self, probs: torch.Tensor, heads: int) -> None:
@@ -148,12 +148,11 @@ class AttentionStore:
             self.mode = previous
 
     def recorded(self) -> torch.Tensor:
-        """(images, res, res·columns, words): the recorded maps averaged over layers and steps."""
-        width = self.resolution * self.columns
+        """(images, res, width, words): the recorded maps averaged over layers and steps."""
         if self._sum is None:
-            raise RuntimeError(f"no cross-attention was captured at {self.resolution}×{width}.")
+            raise RuntimeError(f"no cross-attention was captured at {self.resolution}×{self.width}.")
         maps = self._sum / self._count
-        return maps.unflatten(1, (self.resolution, width))
+        return maps.unflatten(1, (self.resolution, self.width))
 
 
 class CaptureProcessor:

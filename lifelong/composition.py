@@ -14,11 +14,12 @@ step instead of drawn by the user. It costs one UNet pass per named concept inst
 The wrapper stands in for the UNet in diffusers' pipelines (lifelong.pipelines.sampling_pipeline); the
 maps come from the capture processors of lifelong.attention.
 
-Side by side, the canvas is one square per concept wide and the regions are fixed: concept i owns square i
-(blended into its neighbours over a quarter of a square), and its pass's prompt is its own phrase of the
-prompt with the shared words (``prompts.square_prompts``). Each pass runs over the whole canvas, so the
-background is one scene; each concept is drawn at the size it was learned at, where two objects sharing one
-square are each drawn at half size (on a small base, too small to tell apart).
+Side by side, the canvas is one square per concept wide and the regions are fixed: concept i's pass draws
+its own square and an eighth of a square of each neighbour (MultiDiffusion's windows), the windows blend
+linearly where they overlap, and the pass's prompt is its own phrase of the prompt with the shared words
+(``prompts.square_prompts``). Each concept is drawn at the size it was learned at, where two objects sharing
+one square are each drawn at half size (on a small base, too small to tell apart), and no pass sees the
+other concepts' squares beyond the overlap (over a whole wide canvas one concept's pass drew noise there).
 """
 
 from __future__ import annotations
@@ -46,18 +47,24 @@ from lifelong.base import BaseModel
 # Weights are softmax(peak-normalised map / SHARPNESS) over the concepts: a location goes almost wholly
 # (e^3 : 1 at 0.3) to a concept whose map there is 0.3 of its peak above the other's
 SHARPNESS = 0.1
-SEAM = 0.25  # side by side: the share of a square over which neighbouring squares blend
+SEAM = 0.25  # side by side: neighbouring squares' windows overlap by this share of a square, blended
 
 
-def square_weights(count: int, height: int, width: int) -> torch.Tensor:
+def seam_margin(square: int, factor: int) -> int:
+    """Latent columns a square's window reaches into each neighbour: half of ``SEAM`` of a square, a multiple
+    of ``factor`` (latent columns per attention-map cell) so that every window's maps have whole cells."""
+    return factor * max(1, round(SEAM * square / 2 / factor))
+
+
+def square_weights(count: int, height: int, width: int, margin: int) -> torch.Tensor:
     """(1, count, height, width) weights of ``count`` squares side by side: square i owns the i-th
-    ``width / count`` columns, with a linear blend ``SEAM`` of a square wide at each inner boundary; they
-    sum to one at each location."""
+    ``width / count`` columns, and across each inner boundary the two neighbours blend linearly over
+    ``2 · margin`` columns (zero outside a square's window); they sum to one at each location."""
     square = width / count
     x = torch.arange(width, dtype=torch.float32) + 0.5
-    # rising edge of "square ≥ i": 0 left of boundary i, 1 right of it, linear across the seam
+    # rising edge of "square ≥ i": 0 left of boundary i, 1 right of it, linear across the overlap
     edges = [torch.ones(width)]
-    edges += [((x - i * square) / (SEAM * square) + 0.5).clamp(0, 1) for i in range(1, count)]
+    edges += [((x - i * square) / (2 * margin) + 0.5).clamp(0, 1) for i in range(1, count)]
     edges.append(torch.zeros(width))
     columns = torch.stack([edges[i] - edges[i + 1] for i in range(count)])
     return columns[None, :, None, :].expand(1, count, height, width).clone()
@@ -104,8 +111,8 @@ class RegionalUNet(nn.Module):
     """Calls the base's UNet once per pass (one per named routed concept) and blends the outputs by region.
 
     ``images``: images per prompt, so the conditional half of a classifier-free-guidance batch can be told
-    from the unconditional one. ``columns`` > 1: side by side, fixed squares (``square_weights``) instead of
-    the regions the maps give. ``composed_maps()``: the full prompt's word maps as composed, averaged over
+    from the unconditional one. ``columns`` > 1: side by side, each pass on its own square's window
+    (``square_weights``) instead of the regions the maps give. ``composed_maps()``: the full prompt's word maps as composed, averaged over
     the steps (each location's words from each pass, in that pass's share of the location).
     """
 
@@ -139,32 +146,68 @@ class RegionalUNet(nn.Module):
     def forward(
         self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor, **kwargs: Any
     ) -> Any:
+        if self.columns > 1:
+            return self._side_by_side(sample, timestep, encoder_hidden_states, **kwargs)
         outputs, words = [], []
         for one in self.passes:
-            context = encoder_hidden_states.clone()
-            context[-self.images :] = one.cond.to(context.dtype)  # the conditional rows
-            self.switch.current = one.store
-            try:
-                with use_state(self.base, one.state), one.store.guiding() as captured:
-                    output = self.inner(sample, timestep, context, **kwargs)
-            finally:
-                self.switch.current = None
-            words.append(torch.stack(captured).mean(0)[-self.images :])  # (images, locations, words)
-            outputs.append(output[0] if isinstance(output, tuple) else output.sample)
+            output, captured = self._pass(one, sample, timestep, encoder_hidden_states, **kwargs)
+            outputs.append(output)
+            words.append(captured)
+        res = self.passes[0].store.resolution
+        maps = torch.stack(
+            [group_maps(w, [one.group])[:, 0] for w, one in zip(words, self.passes, strict=True)], dim=1
+        )
+        shares = region_weights(maps.unflatten(-1, (res, res)), res)  # (images, passes, res, res)
+        self._record(words, shares.flatten(2))
+        weights = F.interpolate(shares, size=sample.shape[-2:], mode="bilinear", align_corners=False)
+        weights = weights.to(outputs[0].dtype).repeat(len(sample) // self.images, 1, 1, 1)  # both CFG halves
+        return (sum(weights[:, i : i + 1] * out for i, out in enumerate(outputs)),)
+
+    def _side_by_side(
+        self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor, **kwargs: Any
+    ) -> Any:
+        """Each pass on its own square's window (the square and ``seam_margin`` columns of each neighbour),
+        at close to the size the UNet draws at; the windows blend linearly where they overlap."""
         res, count = self.passes[0].store.resolution, len(self.passes)
-        if self.columns > 1:
-            shares = square_weights(count, res, res * self.columns).expand(self.images, -1, -1, -1)
-            weights = square_weights(count, *sample.shape[-2:]).to(sample.device)
-        else:
-            maps = torch.stack(
-                [group_maps(w, [one.group])[:, 0] for w, one in zip(words, self.passes, strict=True)], dim=1
-            )
-            shares = region_weights(maps.unflatten(-1, (res, res)), res)  # (images, passes, res, res)
-            weights = F.interpolate(shares, size=sample.shape[-2:], mode="bilinear", align_corners=False)
-        self._record(words, shares.flatten(2).to(words[0].device))
-        weights = weights.to(outputs[0].dtype).repeat(len(sample) // len(weights), 1, 1, 1)  # both CFG halves
-        blended = sum(weights[:, i : i + 1] * out for i, out in enumerate(outputs))
+        height, width = sample.shape[-2:]
+        square, factor = width // count, height // res
+        margin = seam_margin(square, factor)
+        weights = square_weights(count, height, width, margin).to(sample.device, sample.dtype)
+        blended = torch.zeros_like(sample)
+        words = []
+        for i, one in enumerate(self.passes):
+            start, end = max(0, i * square - margin), min(width, (i + 1) * square + margin)
+            one.store.width = (end - start) // factor
+            window = sample[..., start:end].contiguous()
+            output, captured = self._pass(one, window, timestep, encoder_hidden_states, **kwargs)
+            blended[..., start:end] += weights[:, i, :, start:end] * output.to(sample.dtype)
+            placed = captured.new_zeros(self.images, res, width // factor, captured.shape[-1])
+            placed[:, :, start // factor : end // factor] = captured.unflatten(1, (res, one.store.width))
+            words.append(placed.flatten(1, 2))
+        shares = square_weights(count, res, width // factor, margin // factor)
+        self._record(words, shares.expand(self.images, -1, -1, -1).flatten(2).to(words[0].device))
         return (blended,)
+
+    def _pass(
+        self,
+        one: RegionalPass,
+        sample: torch.Tensor,
+        timestep: Any,
+        encoder_hidden_states: torch.Tensor,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One concept's UNet pass: its output and its conditional rows' word maps (images, locations,
+        words)."""
+        context = encoder_hidden_states.clone()
+        context[-self.images :] = one.cond.to(context.dtype)  # the conditional rows
+        self.switch.current = one.store
+        try:
+            with use_state(self.base, one.state), one.store.guiding() as captured:
+                output = self.inner(sample, timestep, context, **kwargs)
+        finally:
+            self.switch.current = None
+        words = torch.stack(captured).mean(0)[-self.images :]
+        return (output[0] if isinstance(output, tuple) else output.sample), words
 
     def _record(self, words: Sequence[torch.Tensor], shares: torch.Tensor) -> None:
         parts = []
@@ -224,7 +267,7 @@ def regional_unet(
         RegionalPass(
             state,
             cond,
-            AttentionStore(resolution, tokens.positions, columns),
+            AttentionStore(resolution, tokens.positions),
             concept_group(tokens, label),
             word_alignment(full, tokens),
         )

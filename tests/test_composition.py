@@ -11,7 +11,7 @@ from conftest import pattern_images
 
 from lifelong.adapters import use_state
 from lifelong.attention import AttentionRecord, prompt_tokens
-from lifelong.composition import SEAM, region_weights, regional_unet, square_weights
+from lifelong.composition import region_weights, regional_unet, seam_margin, square_weights
 from lifelong.concepts import Session
 from lifelong.encoding import encode_text
 from lifelong.errors import InvalidPromptError, InvalidSettingError
@@ -145,15 +145,15 @@ def test_regional_generation_starts_from_a_stored_latent_when_asked(sharp_base, 
     assert np.abs(from_context - from_noise).mean() > 0.5  # ICGen's start reaches the regional run
 
 
-def test_square_weights_give_each_square_its_columns_and_blend_only_at_the_seams():
-    weights = square_weights(2, 4, 32)[0]
+def test_square_weights_give_each_square_its_columns_and_blend_only_where_windows_overlap():
+    weights = square_weights(2, 4, 32, margin=2)[0]
     assert weights.shape == (2, 4, 32)
     assert torch.allclose(weights.sum(0), torch.ones(4, 32))
-    seam = int(SEAM * 16 / 2)  # half the blend on either side of column 16
-    assert (weights[0, :, : 16 - seam] == 1).all() and (weights[1, :, 16 + seam :] == 1).all()
-    assert ((weights[0, 0, 16 - seam : 16 + seam] > 0) & (weights[0, 0, 16 - seam : 16 + seam] < 1)).all()
-    three = square_weights(3, 1, 48)[0, :, 0]
+    assert (weights[0, :, :14] == 1).all() and (weights[1, :, 18:] == 1).all()  # 16 ± the margin
+    assert ((weights[0, 0, 14:18] > 0) & (weights[0, 0, 14:18] < 1)).all()
+    three = square_weights(3, 1, 48, margin=2)[0, :, 0]
     assert three.argmax(0).tolist() == [0] * 16 + [1] * 16 + [2] * 16  # each square owns its third
+    assert seam_margin(16, 2) == 2 and seam_margin(64, 4) == 8 and seam_margin(8, 4) == 4  # whole map cells
 
 
 def _passes(base, session, texts):
@@ -168,7 +168,7 @@ def _passes(base, session, texts):
     return passes
 
 
-def test_side_by_side_takes_each_pass_in_its_own_square(sharp_base, routed):
+def test_side_by_side_takes_each_pass_in_its_own_squares_window(sharp_base, routed):
     passes = _passes(sharp_base, routed, (("<rex>", "a <rex> dog"), ("<mug>", "a <mug> mug")))
     unet = sharp_base.pipe.unet
     size = int(unet.config.sample_size)
@@ -177,17 +177,18 @@ def test_side_by_side_takes_each_pass_in_its_own_square(sharp_base, routed):
     uncond = torch.zeros_like(passes[0][1])
     t = torch.tensor(500)
     full = prompt_tokens(sharp_base, routed.rewrite_prompt(PROMPT, 2), routed.names())
-    with torch.no_grad():
+    with regional_unet(sharp_base, passes, full, images=1, side_by_side=True) as wrapper, torch.no_grad():
+        blended = wrapper(sample, t, torch.cat([uncond, passes[0][1]]), return_dict=False)[0]
+        margin = seam_margin(size, size // wrapper.passes[0].store.resolution)
+        windows = (slice(0, size + margin), slice(size - margin, 2 * size))
         alone = []
-        for state, cond, _, _ in passes:
+        for (state, cond, _, _), window in zip(passes, windows, strict=True):
             with use_state(sharp_base, state):
-                alone.append(unet(sample, t, torch.cat([uncond, cond]), return_dict=False)[0])
-        with regional_unet(sharp_base, passes, full, images=1, side_by_side=True) as wrapper:
-            blended = wrapper(sample, t, torch.cat([uncond, passes[0][1]]), return_dict=False)[0]
-    seam = int(SEAM * size / 2) + 1
-    torch.testing.assert_close(blended[..., : size - seam], alone[0][..., : size - seam])
-    torch.testing.assert_close(blended[..., size + seam :], alone[1][..., size + seam :])
-    assert not torch.allclose(alone[0], alone[1], atol=1e-4)
+                own = sample[..., window].contiguous()
+                alone.append(unet(own, t, torch.cat([uncond, cond]), return_dict=False)[0])
+    torch.testing.assert_close(blended[..., : size - margin], alone[0][..., : size - margin])
+    torch.testing.assert_close(blended[..., size + margin :], alone[1][..., 2 * margin :])
+    assert not torch.allclose(alone[0][..., :size], alone[1][..., margin:], atol=1e-4)
 
 
 def test_side_by_side_draws_a_wider_canvas_the_same_every_time(sharp_base, routed, tmp_path):
