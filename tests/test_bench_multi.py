@@ -55,7 +55,12 @@ def test_multi_benchmark_reports_both_settings_on_the_same_seeds(tiny_base, tmp_
         FolderConcept("toy", "toy", _recoloured((1, 2, 0), 2)),
     ]
     config = MultiConfig(  # two of the three by name: "mug" is only an unrelated concept here
-        names=("rex", "toy"), steps=2, images_per_pair=2, sample_steps=3, guided=(("attention_steps", "2"),)
+        names=("rex", "toy"),
+        steps=2,
+        images_per_pair=1,
+        sample_steps=3,
+        guided=(("attention_steps", "2"),),
+        colors=("blue", "yellow"),  # one seed on each background: two images of the pair
     )
     results, grid = run_multi(tiny_base, tiny_clip(), everyone, config, tmp_path, log=lambda _: None)
     assert set(results) == {"off", "on"}
@@ -65,7 +70,8 @@ def test_multi_benchmark_reports_both_settings_on_the_same_seeds(tiny_base, tmp_
         assert result.seconds_per_image > 0
         assert set(result.per_concept_ia) == {"rex", "toy"}
         assert sum(result.per_concept_ia.values()) / 2 == pytest.approx(result.concept_ia)
-        assert np.shape(result.present_images) == np.shape(result.minimum_images) == (1, 2)  # pair × seed
+        shape = (1, 2)  # pair × (colour, seed)
+        assert np.shape(result.present_images) == np.shape(result.minimum_images) == shape
         assert result.both_present == pytest.approx(np.mean(result.present_images))
         assert result.min_similarity == pytest.approx(np.mean(result.minimum_images))
         assert result.min_similarity <= result.concept_ia + 1e-6  # the weaker concept of each image

@@ -3,8 +3,8 @@ composition ``--guided`` names, e.g. side_by_side=true caa=false oaa=false).
 
 The first ``--concepts`` concepts are learned in one session (``--methods``' first method, else the app's
 default, at the app's default steps unless ``--steps``).
-For every pair (i, j) the prompt "a <i> {class} and a <j> {class} on a {color} background" is generated
-with the same seeds twice: off (the plain mix), then on (GenerateConfig's caa/oaa and ``--guided``). For each
+For every pair (i, j) and background colour (``--pair-colors``) the prompt "a <i> {class} and a <j> {class}
+on a {color} background" is generated with the same seeds twice: off (the plain mix), then on (GenerateConfig's caa/oaa and ``--guided``). For each
 image and each of its two concepts, the square of the concept's share of the image (half the side of a square
 image, the height of a side-by-side canvas) centred on the concept's cross-attention peak is cropped, and
 the identity encoder (metrics.alignment_features) compares the crop with
@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw
 
 from lifelong.attention import AttentionRecord
 from lifelong.base import BaseConfig, BaseModel, compile_requested, get_base
+from lifelong.bench.sequence import EVAL_COLORS
 from lifelong.concepts import Session
 from lifelong.configs import DEFAULT_METHOD
 from lifelong.files import atomic_write, write_json
@@ -62,9 +63,9 @@ class MultiConfig:
     seed: int = 0
     sample_steps: int = 20
     guidance_scale: float = GenerateConfig.guidance_scale
-    # blue, as the first of the lifelong benchmark's eval backgrounds: on white (used until 2026-12-02) the
-    # white llama, one of the app's examples, is not drawn apart from the background even alone
-    color: str = "blue"
+    # the lifelong benchmark's eval backgrounds: on white (used until 2026-12-02) the white llama, one of
+    # the app's examples, is not drawn apart from the background even alone
+    colors: tuple[str, ...] = EVAL_COLORS
     guided: tuple[tuple[str, str], ...] = ()  # GenerateConfig settings of the "on" run, e.g. attention_steps
 
 
@@ -252,45 +253,56 @@ def run_multi(
     tally = _Tally([c.name for c in learned])
     names = [c.name for c in everyone]
     rows = []
+    pair_images = config.images_per_pair * len(config.colors)
     for first, second in itertools.combinations(learned, 2):
-        prompt = pair_prompt(first, second, config.color)
         row: list[tuple[Image.Image, str]] = []
+        pair = [everyone.index(first), everyone.index(second)]
         for setting in SETTINGS:
-            record = AttentionRecord()
-            started = time.perf_counter()
-            images = generate(base, session, prompt, settings[setting], record=record)
-            tally.seconds[setting] += time.perf_counter() - started
-            maps = record.label_maps([f"<{first.name}>", f"<{second.name}>"])
-            pair = [everyone.index(first), everyone.index(second)]
-            for n, image in enumerate(images):
-                crops = [peak_crop(image, maps[n, c]) for c in range(2)]
-                tally.add(setting, evaluator.scores(crops), pair, names)
-            row.append((images[0], setting))
-            overlays = record.images(images[:1])
-            row += [
-                (overlay, f"{setting}: {which}")
-                for (overlay, _), which in zip(overlays, ("first", "second"), strict=True)
-            ]
+            for color in config.colors:
+                record = AttentionRecord()
+                started = time.perf_counter()
+                prompt = pair_prompt(first, second, color)
+                images = generate(base, session, prompt, settings[setting], record=record)
+                tally.seconds[setting] += time.perf_counter() - started
+                maps = record.label_maps([f"<{first.name}>", f"<{second.name}>"])
+                for n, image in enumerate(images):
+                    crops = [peak_crop(image, maps[n, c]) for c in range(2)]
+                    tally.add(setting, evaluator.scores(crops), pair, names)
+                if color == config.colors[0]:
+                    row.append((images[0], setting))
+                    overlays = record.images(images[:1])
+                    row += [
+                        (overlay, f"{setting}: {which}")
+                        for (overlay, _), which in zip(overlays, ("first", "second"), strict=True)
+                    ]
         rows.append((f"{first.name} + {second.name}", row))
-        present = tally.present
-        log(f"[multi] {prompt}: both present off {present['off'][-1]}, on {present['on'][-1]} (last seed)")
-    return tally.results(len(rows) * config.images_per_pair, config.images_per_pair), pair_grid(rows)
+        present = {s: sum(tally.present[s][-pair_images:]) for s in SETTINGS}
+        log(
+            f"[multi] <{first.name}> + <{second.name}>: both present off {present['off']}, on {present['on']} of {pair_images}"
+        )
+    return tally.results(len(rows) * pair_images, pair_images), pair_grid(rows)
 
 
 def pair_grid(rows: Sequence[tuple[str, Sequence[tuple[Image.Image, str]]]]) -> Image.Image:
     """One row per pair: the first seed's image and the maps of the pair's first and second concept, guidance
     off then on."""
     label_width, header = 130, 14
-    columns = max(len(tiles) for _, tiles in rows)
-    grid = Image.new("RGB", (label_width + columns * TILE, header + len(rows) * TILE), "white")
+    # each column as wide as its widest image at TILE high (side by side: a canvas two squares wide)
+    widths = [
+        max(TILE * tiles[c][0].width // tiles[c][0].height for _, tiles in rows if c < len(tiles))
+        for c in range(max(len(tiles) for _, tiles in rows))
+    ]
+    lefts = [label_width + sum(widths[:c]) for c in range(len(widths))]
+    grid = Image.new("RGB", (label_width + sum(widths), header + len(rows) * TILE), "white")
     draw = ImageDraw.Draw(grid)
     for c, (_, caption) in enumerate(rows[0][1]):
-        draw.text((label_width + c * TILE + 2, 2), caption, fill="black")
+        draw.text((lefts[c] + 2, 2), caption, fill="black")
     for r, (label, tiles) in enumerate(rows):
         top = header + r * TILE
         draw.text((4, top + TILE // 2 - 6), label, fill="black")
         for c, (image, _) in enumerate(tiles):
-            grid.paste(image.resize((TILE, TILE), Image.Resampling.NEAREST), (label_width + c * TILE, top))
+            size = (TILE * image.width // image.height, TILE)
+            grid.paste(image.resize(size, Image.Resampling.NEAREST), (lefts[c], top))
     return grid
 
 
@@ -345,9 +357,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a GenerateConfig setting of the guided run, e.g. attention_step_size=100 (default: defaults)",
     )
     group.add_argument(
-        "--pair-color",
-        default=MultiConfig.color,
-        help=f"background named in the pair prompts (default {MultiConfig.color})",
+        "--pair-colors",
+        default=",".join(MultiConfig.colors),
+        help=f"backgrounds named in the pair prompts, each with every seed (default {','.join(MultiConfig.colors)})",
     )
 
 
@@ -361,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
         sample_steps=args.sample_steps or MultiConfig.sample_steps,
         guidance_scale=MultiConfig.guidance_scale if args.guidance is None else args.guidance,
         guided=tuple(parse_pairs(args.guided).items()),
-        color=args.pair_color,
+        colors=tuple(color.strip() for color in args.pair_colors.split(",") if color.strip()),
     )
     everyone = load_concepts(args.concept_dir or BUNDLED_CONCEPTS)
     if args.examples:
