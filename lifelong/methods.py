@@ -9,6 +9,7 @@ hook whose tensors are stored with the concept (``extra.*`` in its checkpoint). 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,16 +55,22 @@ class Method:
     components: tuple[str, ...] = ()
     # GenerateConfig values that suit concepts learned this way (the bench and the app start from them)
     generate_settings: Mapping[str, Value] = field(default_factory=dict)
+    # component settings whose default differs for this method (measured for its way of stacking)
+    defaults: Mapping[str, Value] = field(default_factory=dict)
 
     @property
     def trainable_kind(self) -> str:
         return self.kind or "kv"
 
     def settings(self) -> dict[str, Setting]:
+        """The components' settings, with this method's own defaults where it has them."""
         merged: dict[str, Setting] = {}
         for name in self.components:
             merged.update(COMPONENTS[name].settings)
-        return merged
+        return {
+            key: dataclasses.replace(setting, default=self.defaults[key]) if key in self.defaults else setting
+            for key, setting in merged.items()
+        }
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Value]:
         """Every setting of the method: defaults overridden by ``given``; unknown names are refused."""
@@ -97,6 +104,13 @@ class Method:
         return extras
 
 
+# Stacked distillation pulls 200 times harder than the component's default: over 10 held-out animals in a
+# row (200 steps, guidance 5, paired with finetune; docs/BENCHMARKS.md, "dfkd's distillation weight") IAD
+# fell with λ = 1, 5, 20, 50, 200 from 0.170 to 0.103, 0.080, 0.057 and 0.010 (Δ vs finetune −0.091
+# [−0.173, −0.017]), IA right after learning +0.131 over finetune, TFR 0.013, base drift 0.055 (finetune's
+# 0.533); lfs at 200: IAD 0.004 (Δ −0.097 [−0.172, −0.029]). Learning a concept alone from the base (routed)
+# keeps λ = 1: at 200 the learnability benchmark's identification fell from 0.84 to 0.54.
+STACKED_DISTILLATION = {"dfkd_weight": 200.0}
 ICGEN_STRENGTH = 0.8  # start from the context noised to 80 %: its colours and layout, details re-drawn
 
 METHODS: dict[str, Method] = {
@@ -123,6 +137,7 @@ METHODS: dict[str, Method] = {
             # prompt 0.62 / 0.47 / 0.92 (docs/BENCHMARKS.md, "Learnability")
             kind="lora-attn",
             components=("dfkd",),
+            defaults=STACKED_DISTILLATION,
         ),
         Method(
             "icgen",
@@ -149,6 +164,7 @@ METHODS: dict[str, Method] = {
             kind="lora-attn",
             components=("dfkd", "icgen"),
             generate_settings={"icgen_strength": ICGEN_STRENGTH},
+            defaults=STACKED_DISTILLATION,
         ),
         Method(
             "routed",
@@ -177,13 +193,16 @@ def get_method(name: str) -> Method:
             f"{name} mixes trainable kinds {sorted(kinds)}; pick methods that agree."
         )
     components = tuple(dict.fromkeys(c for method in methods for c in method.components))
+    stack = all(method.stack for method in methods)
     return Method(
         "+".join(parts),
         " + ".join(method.name for method in methods),
         kind=next(iter(kinds), None),
-        stack=all(method.stack for method in methods),
+        stack=stack,
         components=components,
         generate_settings={k: v for method in methods for k, v in method.generate_settings.items()},
+        # a part's defaults were measured for its own stacking: routed+dfkd learns from the base with λ 1
+        defaults={k: v for method in methods if method.stack == stack for k, v in method.defaults.items()},
     )
 
 

@@ -20,7 +20,7 @@ from lifelong.learner import LearnConfig, learn
 from lifelong.limits import GENERATE_OVERHEAD_S, generate_seconds
 
 PROMPT = "a <rex> dog and a <mug> mug"
-PLAIN = GenerateConfig(steps=4, seed=3, num_images=2)
+PLAIN = GenerateConfig(steps=4, seed=3, num_images=2, side_by_side=False)  # the plain mix
 REGIONAL = dataclasses.replace(PLAIN, regional=True)
 SIDE = dataclasses.replace(PLAIN, side_by_side=True)
 

@@ -488,3 +488,13 @@ def test_cli_learns_with_a_method_and_settings_and_generates_in_context(tmp_path
     bad = ["learn", "--session", session, "--name", "tom", "--method", "dfkd", "--set", "dfkd_wieght=1"]
     assert main([*bad, *images, *common]) == 2
     assert "no setting 'dfkd_wieght'" in capsys.readouterr().err
+
+
+def test_stacked_distillation_defaults_hold_harder_than_learning_from_the_base():
+    # dfkd and lfs stack, and hold the previous checkpoint at λ 200; routed+dfkd learns from the base at λ 1
+    assert (
+        get_method("dfkd").resolve({})["dfkd_weight"] == get_method("lfs").resolve({})["dfkd_weight"] == 200
+    )
+    assert get_method("routed+dfkd").resolve({})["dfkd_weight"] == 1
+    assert get_method("dfkd").settings()["dfkd_weight"].default == 200  # what the app's form shows
+    assert get_method("dfkd").resolve({"dfkd_weight": 3})["dfkd_weight"] == 3
