@@ -22,8 +22,10 @@ from lifelong.errors import LimitError
 # concepts and seeds, paired with finetune): IA right after learning 0.503 (+0.211 [+0.137, +0.288] over
 # finetune), after the tenth concept the same (+0.302 [+0.207, +0.389]), TFR 0, base drift 0 (each concept's
 # deltas are learned from the base and applied only when a prompt names it), TA +0.023 [−0.006, +0.056].
-# With augmentation (the six-method run) routed alone ended at 0.410 and routed+dfkd at 0.448; dfkd, lfs
-# and l2dm forgot as much as finetune (Δ IAD −0.009, −0.017, −0.030, intervals across 0).
+# With augmentation (the six-method run) routed alone ended at 0.410 and routed+dfkd at 0.448. The stacking
+# methods that forget least on the same run, dfkd and lfs at λ 200 (IAD 0.010 and 0.004, TFR 0.013 and
+# −0.004) and l2dm (0.005), still forget some, drift the base (0.055 and more) and learn each concept less
+# well (IA right after learning 0.42, 0.41, 0.28).
 DEFAULT_METHOD = "routed+dfkd"
 MAX_LORA_RANK = 64  # also bounds the rank of an imported checkpoint's LoRA factors (lifelong.signature)
 MAX_REGIONS = 3  # routed concepts one regional generation draws apart: one UNet pass each (lifelong.limits)
