@@ -256,7 +256,11 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     text = report(scores, mean, command, 1 / len(everyone))
-    atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))
+
+    def write_report(tmp: Path) -> None:
+        tmp.write_text(text)
+
+    atomic_write(out / "report.md", write_report)
     grid(rows).save(out / "grid.png")
     print(" ".join(f"{key} {value:.3f}" for key, value in mean.items()))
     return 0

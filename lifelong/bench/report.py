@@ -238,7 +238,8 @@ def _statistics_lines(
             paired,
             "",
         ]
-    images = len(results[next(iter(statistics))].IA_images[0][0])
+    first = results[next(iter(statistics))].IA_images[0][0]
+    images = len(first) if first is not None else 0
     return lines + [
         f"Eval images per concept and checkpoint: {images}; IAD is measured on the {len(names) - 1} "
         "concept(s) followed by others. *Now*: the half-width of the 95 % interval above; *images for "

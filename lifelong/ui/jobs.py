@@ -40,7 +40,8 @@ _MODEL_THREAD = ThreadPoolExecutor(
 
 def start_on_model_thread(job: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
     """Queue ``job`` on the model thread with the caller's context (Gradio finds a job's progress bar there)."""
-    return _MODEL_THREAD.submit(contextvars.copy_context().run, job, *args, **kwargs)
+    context = contextvars.copy_context()
+    return _MODEL_THREAD.submit(lambda: context.run(job, *args, **kwargs))
 
 
 def on_model_thread(job: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
