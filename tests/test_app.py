@@ -349,3 +349,15 @@ def test_browser_upload_learn_generate_screenshot(served, tmp_path):
         driver.quit()
     pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
     assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3)[::97], axis=0)) > 50
+
+
+def test_a_prompt_naming_two_learned_concepts_draws_them_side_by_side(served):
+    url, _ = served
+    client = Client(url, verbose=False)
+    first, second = examples()[:2]
+    for example in (first, second):  # the app's default method: routed, so side by side applies
+        learn(client, list(example.images), example.name, example.class_word)
+    pair = f"a <{first.name}> {first.class_word} and a <{second.name}> {second.class_word}"
+    both = generate(client, pair, num_images=1, steps=2)
+    alone = generate(client, f"a <{first.name}> {first.class_word}", num_images=1, steps=2)
+    assert both.shape[2] == 2 * both.shape[1] and alone.shape[1] == alone.shape[2]  # one square per concept
