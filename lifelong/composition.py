@@ -111,9 +111,9 @@ class RegionalUNet(nn.Module):
     """Calls the base's UNet once per pass (one per named routed concept) and blends the outputs by region.
 
     ``images``: images per prompt, so the conditional half of a classifier-free-guidance batch can be told
-    from the unconditional one. ``columns`` > 1: side by side, each pass on its own square's window
-    (``square_weights``) instead of the regions the maps give. ``composed_maps()``: the full prompt's word maps as composed, averaged over
-    the steps (each location's words from each pass, in that pass's share of the location).
+    from the unconditional one. ``side_by_side``: each pass on its own square's window (``square_weights``)
+    instead of the regions the maps give. ``composed_maps()``: the full prompt's word maps as composed,
+    averaged over the steps (each location's words from each pass, in that pass's share of the location).
     """
 
     def __init__(
@@ -122,11 +122,11 @@ class RegionalUNet(nn.Module):
         passes: Sequence[RegionalPass],
         switch: _Switch,
         images: int,
-        columns: int = 1,
+        side_by_side: bool = False,
     ) -> None:
         super().__init__()
         self.base, self.passes, self.switch, self.images = base, list(passes), switch, images
-        self.columns = columns
+        self.side_by_side = side_by_side
         self.inner = base.pipe.unet
         self._sum: torch.Tensor | None = None
         self._count = 0
@@ -146,7 +146,7 @@ class RegionalUNet(nn.Module):
     def forward(
         self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor, **kwargs: Any
     ) -> Any:
-        if self.columns > 1:
+        if self.side_by_side:
             return self._side_by_side(sample, timestep, encoder_hidden_states, **kwargs)
         outputs, words = [], []
         for one in self.passes:
@@ -220,11 +220,13 @@ class RegionalUNet(nn.Module):
         self._count += 1
 
     def composed_maps(self) -> torch.Tensor:
-        """(images, res, res · columns, words of the full prompt)."""
+        """(images, res, res · squares, words of the full prompt): one square, or a square per pass side
+        by side."""
         if self._sum is None:
             raise RuntimeError("no sampling step ran through the regional UNet.")
         res = self.passes[0].store.resolution
-        return (self._sum / self._count).unflatten(1, (res, res * self.columns))
+        squares = len(self.passes) if self.side_by_side else 1
+        return (self._sum / self._count).unflatten(1, (res, res * squares))
 
 
 def concept_group(tokens: PromptTokens, label: str) -> list[int]:
@@ -262,7 +264,6 @@ def regional_unet(
     ``record`` holds the composed maps of the full prompt's words."""
     unet = base.pipe.unet
     resolution = capture_resolution(unet, attention_res)
-    columns = len(passes) if side_by_side else 1
     built = [
         RegionalPass(
             state,
@@ -275,7 +276,7 @@ def regional_unet(
     ]
     switch = _Switch()
     with capture_processors(unet, switch):  # type: ignore[arg-type]
-        wrapper = RegionalUNet(base, built, switch, images, columns)
+        wrapper = RegionalUNet(base, built, switch, images, side_by_side)
         yield wrapper
     if record is not None:
         record.words, record.concepts, record.attributes = full.words, full.concepts, full.attributes

@@ -40,7 +40,8 @@ def generate_seconds(config: GenerateConfig, generations: int = 1) -> float:
     """``generations`` calls of generate with ``config`` (classifier-free guidance runs the UNet twice)."""
     # guided steps (the first attention_steps of them) run the UNet once more; regional composition runs
     # it once per concept it draws apart, and the prompt is not known here: at most MAX_REGIONS; side by
-    # side, each pass covers a canvas that many squares wide
+    # side the canvas is that many squares wide, budgeted as if each pass covered all of it (a bound: a
+    # pass draws its square and a quarter of one)
     guided = min(config.attention_steps, config.steps) if config.caa or config.oaa else 0
     passes = MAX_REGIONS**2 if config.side_by_side else MAX_REGIONS if config.regional else 1
     unet_calls = 2 * generations * (config.steps + guided) * config.num_images * passes

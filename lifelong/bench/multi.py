@@ -4,10 +4,11 @@ composition ``--guided`` names, e.g. side_by_side=true caa=false oaa=false).
 The first ``--concepts`` concepts are learned in one session (``--methods``' first method, else the app's
 default, at the app's default steps unless ``--steps``).
 For every pair (i, j) and background colour (``--pair-colors``) the prompt "a <i> {class} and a <j> {class}
-on a {color} background" is generated with the same seeds twice: off (the plain mix), then on (GenerateConfig's caa/oaa and ``--guided``). For each
-image and each of its two concepts, the square of the concept's share of the image (half the side of a square
-image, the height of a side-by-side canvas) centred on the concept's cross-attention peak is cropped, and
-the identity encoder (metrics.alignment_features) compares the crop with
+on a {color} background" is generated with the same seeds twice: off (the plain mix), then on
+(GenerateConfig's caa/oaa and ``--guided``). For each image and each of its two concepts, the square of the
+concept's share of the image (half the side of a square image, the height of a side-by-side canvas) centred
+on the concept's cross-attention peak is cropped, and the identity encoder (metrics.alignment_features)
+compares the crop with
 
 - the concept's own reference images: the concept's IA in that image;
 - the references of every concept of the folder outside the pair: the level of unrelated concepts.
@@ -277,9 +278,8 @@ def run_multi(
                     ]
         rows.append((f"{first.name} + {second.name}", row))
         present = {s: sum(tally.present[s][-pair_images:]) for s in SETTINGS}
-        log(
-            f"[multi] <{first.name}> + <{second.name}>: both present off {present['off']}, on {present['on']} of {pair_images}"
-        )
+        counts = f"off {present['off']}, on {present['on']} of {pair_images}"
+        log(f"[multi] <{first.name}> + <{second.name}>: both present {counts}")
     return tally.results(len(rows) * pair_images, pair_images), pair_grid(rows)
 
 
@@ -359,7 +359,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--pair-colors",
         default=",".join(MultiConfig.colors),
-        help=f"backgrounds named in the pair prompts, each with every seed (default {','.join(MultiConfig.colors)})",
+        help="backgrounds named in the pair prompts, each with every seed (default: %(default)s)",
     )
 
 
